@@ -1,0 +1,162 @@
+"""Forward-time overhead of routed LoRA experts in Whisper.
+
+Times a teacher-forced Whisper forward (encoder + decoder) of a mixed-language
+batch with N = 1, 4, 8 experts in routing mode (each utterance its own
+expert) against the plain model, in one run, and reports ratios. The goal is
+that routing costs no more than one LoRA whatever N is.
+
+By default the model has whisper-base's shape with random weights (timing
+does not depend on the values); ``--whisper DIR`` times a real checkpoint.
+
+Usage: python bench/layer_overhead.py [--whisper DIR] [--repeats 5]
+
+Authors
+ * speechbrain-lora-experts developers 2026
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from speechbrain_lora_experts.attach import WhisperLoRAExperts
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def base_sized_whisper():
+    """whisper-base's architecture with random weights."""
+    from transformers import WhisperConfig, WhisperModel
+
+    config = WhisperConfig(
+        vocab_size=51865,
+        d_model=512,
+        encoder_layers=6,
+        decoder_layers=6,
+        encoder_attention_heads=8,
+        decoder_attention_heads=8,
+        encoder_ffn_dim=2048,
+        decoder_ffn_dim=2048,
+        max_source_positions=1500,
+        pad_token_id=50257,
+        bos_token_id=50257,
+        eos_token_id=50257,
+        decoder_start_token_id=50258,
+    )
+    torch.manual_seed(0)
+    return WhisperModel(config).eval()
+
+
+def load_model(path):
+    if path is None:
+        return base_sized_whisper(), "whisper-base shape, random weights"
+    from transformers import WhisperModel
+
+    return WhisperModel.from_pretrained(path).eval(), path
+
+
+def time_forward(model, mel, tokens, repeats):
+    times = []
+    with torch.no_grad():
+        model(input_features=mel, decoder_input_ids=tokens)  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(input_features=mel, decoder_input_ids=tokens)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--whisper", default=None)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--tokens", type=int, default=24)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--experts", default="1,4,8")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = parser.parse_args()
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model, name = load_model(args.whisper)
+    mel = torch.randn(args.batch, model.config.num_mel_bins, 3000)
+    tokens = torch.randint(0, 50000, (args.batch, args.tokens))
+    rows = []
+    plain, plain_all = time_forward(model, mel, tokens, args.repeats)
+    rows.append(dict(system="plain Whisper", n_experts=0, seconds=plain))
+    experts = None
+    for n in [int(n) for n in args.experts.split(",")]:
+        if experts is not None:
+            # Detach the previous pool: reload a clean model.
+            model, _ = load_model(args.whisper)
+        experts = WhisperLoRAExperts(
+            model,
+            n_experts=n,
+            rank=args.rank,
+            alpha=2 * args.rank,
+            targets=["q_proj", "v_proj", "fc1", "fc2"],
+        )
+        with torch.no_grad():
+            for p in experts.parameters():
+                p.normal_(0, 0.01)
+        index = torch.arange(args.batch) % n  # distinct experts per utterance
+        experts.route(index)
+        seconds, _ = time_forward(model, mel, tokens, args.repeats)
+        rows.append(
+            dict(system=f"routed, {n} experts", n_experts=n, seconds=seconds)
+        )
+        if n == max(int(k) for k in args.experts.split(",")):
+            weights = torch.softmax(torch.randn(args.batch, n), dim=-1)
+            experts.mix(weights)
+            seconds, _ = time_forward(model, mel, tokens, args.repeats)
+            rows.append(
+                dict(
+                    system=f"dense mix, {n} experts",
+                    n_experts=n,
+                    seconds=seconds,
+                )
+            )
+    for row in rows:
+        row["ratio_vs_plain"] = row["seconds"] / plain
+    result = dict(
+        benchmark="layer_overhead",
+        model=name,
+        batch=args.batch,
+        decoder_tokens=args.tokens,
+        encoder_window_s=30,
+        rank=args.rank,
+        targets="q_proj,v_proj,fc1,fc2 (encoder+decoder)",
+        repeats=args.repeats,
+        threads=torch.get_num_threads(),
+        machine=platform.processor() or platform.machine(),
+        torch=torch.__version__,
+        rows=rows,
+    )
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "layer_overhead.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    lines = [
+        "| system | forward (s) | ratio vs plain |",
+        "|---|---|---|",
+    ] + [
+        f"| {r['system']} | {r['seconds']:.3f} | {r['ratio_vs_plain']:.3f} |"
+        for r in rows
+    ]
+    table = "\n".join(lines)
+    with open(os.path.join(args.out, "layer_overhead.md"), "w") as f:
+        f.write(
+            f"Forward of {name}, batch {args.batch}, {args.tokens} decoder "
+            f"tokens, 30 s window, LoRA r={args.rank} on q/v/fc1/fc2, "
+            f"{result['threads']} CPU threads, median of {args.repeats}.\n\n"
+            + table
+            + "\n"
+        )
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

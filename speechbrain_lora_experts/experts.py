@@ -1,0 +1,397 @@
+"""A linear layer carrying a pool of LoRA experts.
+
+``LoRAExpertsLinear`` wraps one frozen ``nn.Linear`` with N low-rank experts
+(``delta_n = s_n * B_n @ A_n``, B initialised to zero as in LoRA). What the
+layer adds to the base output is decided per batch by an ``ExpertRouting``
+object shared by every layer of a model, so one call sets the behaviour of the
+whole network:
+
+* ``route(index)``: one expert per utterance (``-1`` = base only), a mixed
+  language batch in one pass; costs one LoRA whatever N is;
+* ``mix(weights)``: a weighted sum of experts per utterance ``[B, N]`` (the
+  fusion gate), computed as one rank ``N*r`` LoRA on the experts that carry
+  any weight in the batch;
+* ``token_gate()``: each layer mixes with weights from its own token-level
+  gate ``[B, T, N]``;
+* ``off()``: base only.
+
+A fixed expert or weighted mix can also be merged into the base weight
+(zero inference overhead) and unmerged exactly. The math knows nothing of
+Whisper, SpeechBrain or file formats.
+
+Authors
+ * speechbrain-lora-experts developers 2026
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+
+BASE_ONLY = -1
+
+
+class ExpertRouting:
+    """Per-batch instructions shared by all ``LoRAExpertsLinear`` layers.
+
+    A batch dimension that differs from the layer input's is inflated with
+    ``repeat_interleave`` (beam search keeps each utterance's hypotheses
+    contiguous, as SpeechBrain's ``inflate_tensor`` does).
+
+    Example
+    -------
+    >>> routing = ExpertRouting()
+    >>> routing.route(torch.tensor([0, 1, -1]))
+    >>> routing.mode
+    'route'
+    >>> routing.off()
+    >>> routing.mode
+    'off'
+    """
+
+    def __init__(self):
+        self.off()
+
+    def off(self):
+        """Base model only."""
+        self.mode = "off"
+        self.index = None
+        self.weights = None
+        self.uniform = None
+
+    def route(self, index):
+        """Routes utterance ``b`` through expert ``index[b]`` (-1: none).
+
+        Arguments
+        ---------
+        index : torch.LongTensor or int
+            Shape ``[B]``, or one int for the whole batch.
+        """
+        self.off()
+        if isinstance(index, int):
+            self.mode = "route"
+            self.uniform = index
+            return
+        index = torch.as_tensor(index, dtype=torch.long)
+        if index.dim() != 1:
+            raise ValueError(f"routing index must be [B], got {index.shape}")
+        first = int(index[0])
+        # One int makes the common all-same batch a plain LoRA matmul.
+        if bool((index == first).all()):
+            self.uniform = first
+        self.mode = "route"
+        self.index = index
+
+    def mix(self, weights):
+        """Mixes experts with weights ``[B, N]`` (per utterance).
+
+        Arguments
+        ---------
+        weights : torch.Tensor
+            Non-negative mixing weights, usually a softmax over experts.
+        """
+        if weights.dim() != 2:
+            raise ValueError(f"mix weights must be [B, N], got {weights.shape}")
+        self.off()
+        self.mode = "mix"
+        self.weights = weights
+
+    def token_gate(self):
+        """Every layer mixes experts with its own token-level gate."""
+        self.off()
+        self.mode = "token"
+
+    def index_for(self, batch, device):
+        """The per-utterance expert index inflated to ``batch`` rows."""
+        return _inflate(self.index, batch).to(device)
+
+    def weights_for(self, batch):
+        """The ``[batch, N]`` mixing weights inflated to ``batch`` rows."""
+        return _inflate(self.weights, batch)
+
+
+def _inflate(tensor, batch):
+    if tensor.shape[0] == batch:
+        return tensor
+    if batch % tensor.shape[0]:
+        raise RuntimeError(
+            f"routing was set for {tensor.shape[0]} utterances but the layer "
+            f"received a batch of {batch}; call routing.route/mix with the "
+            "current batch before the forward pass"
+        )
+    return tensor.repeat_interleave(batch // tensor.shape[0], dim=0)
+
+
+class LoRAExpert(nn.Module):
+    """One low-rank update ``scaling * B @ A`` of a linear layer.
+
+    Arguments
+    ---------
+    in_features, out_features : int
+        Shape of the adapted linear layer.
+    rank : int
+        LoRA rank r.
+    alpha : float
+        LoRA alpha; ``scaling = alpha / r`` (``alpha / sqrt(r)`` with
+        ``use_rslora``), as in PEFT.
+    use_rslora : bool
+        Rank-stabilised scaling.
+
+    Example
+    -------
+    >>> expert = LoRAExpert(8, 4, rank=2, alpha=4)
+    >>> expert.delta_weight().abs().sum().item()  # B starts at zero
+    0.0
+    """
+
+    def __init__(
+        self, in_features, out_features, rank, alpha, use_rslora=False
+    ):
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+        self.rank = rank
+        self.alpha = alpha
+        self.use_rslora = use_rslora
+        self.lora_A = nn.Parameter(torch.empty(rank, in_features))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, rank))
+        # PEFT's default initialisation, so both start from the same place.
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+
+    @property
+    def scaling(self):
+        """Multiplier of ``B @ A``."""
+        root = math.sqrt(self.rank) if self.use_rslora else self.rank
+        return self.alpha / root
+
+    def delta_weight(self):
+        """The dense update ``[out, in]`` this expert adds to the weight."""
+        return self.scaling * (self.lora_B @ self.lora_A)
+
+    def forward(self, x):
+        """Low-rank update of ``x`` (without the base output)."""
+        return (x @ self.lora_A.t()) @ self.lora_B.t() * self.scaling
+
+
+class LoRAExpertsLinear(nn.Module):
+    """An ``nn.Linear`` with N LoRA experts, steered by ``ExpertRouting``.
+
+    Arguments
+    ---------
+    base : torch.nn.Linear
+        The layer to adapt. Its parameters are frozen.
+    n_experts : int
+        Number of experts.
+    rank : int or list of int
+        LoRA rank (one per expert allowed: they are zero-padded to the
+        largest rank when stacked, which is exact).
+    alpha : float or list of float
+        LoRA alpha per expert.
+    dropout : float
+        Dropout on the LoRA input (training only), as in PEFT.
+    routing : ExpertRouting
+        The shared routing object; a private one is made if None.
+    use_rslora : bool
+        Rank-stabilised scaling.
+
+    Example
+    -------
+    >>> routing = ExpertRouting()
+    >>> layer = LoRAExpertsLinear(nn.Linear(8, 4), 3, 2, 4, routing=routing)
+    >>> _ = [nn.init.normal_(e.lora_B) for e in layer.experts]
+    >>> x = torch.randn(2, 5, 8)
+    >>> routing.route(torch.tensor([2, -1]))
+    >>> y = layer(x)
+    >>> torch.allclose(y[1], layer.base(x[1]))
+    True
+    >>> torch.allclose(y[0], layer.base(x[0]) + layer.experts[2](x[0]))
+    True
+    """
+
+    def __init__(
+        self,
+        base,
+        n_experts,
+        rank,
+        alpha,
+        dropout=0.0,
+        routing=None,
+        use_rslora=False,
+    ):
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"expected nn.Linear, got {type(base).__name__}")
+        self.base = base
+        self.base.requires_grad_(False)
+        ranks = _per_expert(rank, n_experts, "rank")
+        alphas = _per_expert(alpha, n_experts, "alpha")
+        self.experts = nn.ModuleList(
+            LoRAExpert(
+                base.in_features, base.out_features, r, a, use_rslora
+            ).to(device=base.weight.device, dtype=base.weight.dtype)
+            for r, a in zip(ranks, alphas)
+        )
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.routing = routing if routing is not None else ExpertRouting()
+        self.token_gate = None
+        self.token_gate_temperature = 1.0
+        self._merged_from = None
+        self._stack_cache = None
+
+    @property
+    def in_features(self):
+        """Input size of the base layer."""
+        return self.base.in_features
+
+    @property
+    def out_features(self):
+        """Output size of the base layer."""
+        return self.base.out_features
+
+    @property
+    def n_experts(self):
+        """Number of experts in the pool."""
+        return len(self.experts)
+
+    @property
+    def merged(self):
+        """Whether an expert update currently lives inside the base weight."""
+        return self._merged_from is not None
+
+    def add_token_gate(self, temperature=1.0):
+        """Adds a trainable token-level gate ``x -> softmax(Wx / T)``."""
+        self.token_gate = nn.Linear(self.in_features, self.n_experts).to(
+            device=self.base.weight.device, dtype=self.base.weight.dtype
+        )
+        nn.init.zeros_(self.token_gate.weight)
+        nn.init.zeros_(self.token_gate.bias)
+        self.token_gate_temperature = temperature
+
+    def stacked(self):
+        """Experts as ``A [N, R, in]`` and ``B [N, out, R]`` (scaling in B).
+
+        Cached while no expert parameter changes (parameter version
+        counters), so decoding does not restack at every step.
+        """
+        key = tuple(
+            (p.data_ptr(), p._version, p.requires_grad)
+            for e in self.experts
+            for p in (e.lora_A, e.lora_B)
+        )
+        needs_graph = torch.is_grad_enabled() and any(
+            p.requires_grad for p in self.experts.parameters()
+        )
+        if not needs_graph and self._stack_cache is not None:
+            if self._stack_cache[0] == key:
+                return self._stack_cache[1]
+        max_rank = max(e.rank for e in self.experts)
+        a_list, b_list = [], []
+        for expert in self.experts:
+            pad = max_rank - expert.rank
+            a_list.append(nn.functional.pad(expert.lora_A, (0, 0, 0, pad)))
+            b_list.append(
+                nn.functional.pad(expert.lora_B * expert.scaling, (0, pad))
+            )
+        stacked = torch.stack(a_list), torch.stack(b_list)
+        if not needs_graph:
+            self._stack_cache = (key, stacked)
+        return stacked
+
+    def forward(self, x):
+        """Base output plus the expert update the routing asks for."""
+        out = self.base(x)
+        mode = self.routing.mode
+        if mode == "off":
+            return out
+        if self.merged:
+            raise RuntimeError(
+                "an expert is merged into this layer's weight; call "
+                "unmerge() before routing or mixing experts"
+            )
+        x = self.dropout(x)
+        if mode == "route":
+            return out + self._routed(x)
+        if mode == "mix":
+            weights = self.routing.weights_for(x.shape[0]).to(x.dtype)
+            shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (self.n_experts,)
+            return out + self._mixed(x, weights.view(shape))
+        if mode == "token":
+            if self.token_gate is None:
+                raise RuntimeError("token routing needs add_token_gate()")
+            logits = self.token_gate(x) / self.token_gate_temperature
+            return out + self._mixed(x, logits.softmax(dim=-1))
+        raise ValueError(f"unknown routing mode {mode!r}")
+
+    def _routed(self, x):
+        uniform = self.routing.uniform
+        if uniform is not None:
+            if uniform == BASE_ONLY:
+                return torch.zeros_like(x[..., :1]).expand(
+                    *x.shape[:-1], self.out_features
+                )
+            return self.experts[uniform](x)
+        index = self.routing.index_for(x.shape[0], x.device)
+        keep = (index != BASE_ONLY).to(x.dtype)
+        a, b = self.stacked()
+        a, b = a[index.clamp(min=0)], b[index.clamp(min=0)]
+        flat = x.reshape(x.shape[0], -1, x.shape[-1])
+        hidden = torch.bmm(flat, a.transpose(1, 2))
+        delta = torch.bmm(hidden, b.transpose(1, 2)) * keep.view(-1, 1, 1)
+        return delta.reshape(*x.shape[:-1], self.out_features)
+
+    def _mixed(self, x, weights):
+        """``sum_n w_n B_n A_n x`` as one LoRA of rank N*R."""
+        a, b = self.stacked()
+        # Experts with no weight anywhere in the batch cost nothing (top-k).
+        active = (weights != 0).reshape(-1, self.n_experts).any(dim=0)
+        if not bool(active.all()):
+            a, b, weights = a[active], b[active], weights[..., active]
+        n, rank = a.shape[0], a.shape[1]
+        hidden = x @ a.reshape(n * rank, -1).t()
+        hidden = hidden.unflatten(-1, (n, rank)) * weights.unsqueeze(-1)
+        b_cat = b.permute(1, 0, 2).reshape(self.out_features, n * rank)
+        return hidden.flatten(-2) @ b_cat.t()
+
+    def delta_weight(self, expert=None, weights=None):
+        """Dense update of one expert, or of a fixed mix ``weights [N]``."""
+        if (expert is None) == (weights is None):
+            raise ValueError("give exactly one of expert= or weights=")
+        if expert is not None:
+            return self.experts[expert].delta_weight()
+        weights = torch.as_tensor(weights, dtype=self.base.weight.dtype)
+        return sum(w * e.delta_weight() for w, e in zip(weights, self.experts))
+
+    @torch.no_grad()
+    def merge(self, expert=None, weights=None):
+        """Adds one expert (or a fixed mix) into the base weight.
+
+        The original weight is kept so ``unmerge`` restores it bit-exactly.
+        """
+        if self.merged:
+            raise RuntimeError("already merged; call unmerge() first")
+        delta = self.delta_weight(expert=expert, weights=weights)
+        self._merged_from = self.base.weight.detach().clone()
+        self.base.weight.add_(delta.to(self.base.weight.dtype))
+
+    @torch.no_grad()
+    def unmerge(self):
+        """Restores the base weight saved by ``merge``."""
+        if not self.merged:
+            raise RuntimeError("nothing is merged into this layer")
+        self.base.weight.copy_(self._merged_from)
+        self._merged_from = None
+
+    def extra_repr(self):
+        """Shown by ``print(model)``."""
+        ranks = sorted({e.rank for e in self.experts})
+        return f"n_experts={self.n_experts}, rank={ranks}"
+
+
+def _per_expert(value, n_experts, name):
+    if isinstance(value, (list, tuple)):
+        if len(value) != n_experts:
+            raise ValueError(
+                f"{name} has {len(value)} entries for {n_experts} experts"
+            )
+        return list(value)
+    return [value] * n_experts

@@ -1,0 +1,453 @@
+"""Experts <-> standard PEFT LoRA adapter folders.
+
+Every expert is stored as a folder that ``peft.PeftModel.from_pretrained(
+WhisperForConditionalGeneration.from_pretrained(base), folder)`` loads:
+``adapter_config.json`` (written by PEFT's own ``LoraConfig``) and
+``adapter_model.safetensors`` with PEFT's key names. A third file,
+``lora_experts.json``, records the language and a fingerprint of the base
+model; PEFT ignores it. Adapters trained elsewhere with PEFT import the same
+way. Weights are read from safetensors only: pickled ``.bin`` adapters are
+refused rather than unpickled.
+
+Authors
+ * speechbrain-lora-experts developers 2026
+"""
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from speechbrain_lora_experts.attach import WhisperLoRAExperts, whisper_model
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+META_NAME = "lora_experts.json"
+# Key prefix of a PeftModel over WhisperForConditionalGeneration.
+PEFT_PREFIX = "base_model.model.model."
+_KEY = re.compile(
+    r"^(?:.*?\.)?(?P<layer>(?:encoder|decoder)\.layers\.\d+\.\S+?)"
+    r"\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$"
+)
+_FINGERPRINT_KEYS = (
+    "d_model",
+    "encoder_layers",
+    "decoder_layers",
+    "encoder_attention_heads",
+    "decoder_attention_heads",
+    "encoder_ffn_dim",
+    "decoder_ffn_dim",
+    "vocab_size",
+    "num_mel_bins",
+)
+
+
+class AdapterError(ValueError):
+    """An adapter folder that cannot serve as an expert here."""
+
+
+@dataclass
+class Adapter:
+    """A LoRA adapter read from disk.
+
+    Attributes
+    ----------
+    folder : str
+        Where it was read from.
+    weights : dict
+        ``{layer_name: (A [r, in], B [out, r])}`` with WhisperModel names.
+    ranks, alphas : dict
+        Per-layer rank and alpha.
+    use_rslora : bool
+        Rank-stabilised scaling.
+    dropout : float
+        LoRA dropout it was trained with.
+    metadata : dict
+        Contents of ``lora_experts.json`` (empty for foreign adapters).
+    """
+
+    folder: str
+    weights: dict
+    ranks: dict
+    alphas: dict
+    use_rslora: bool = False
+    dropout: float = 0.0
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def layer_names(self):
+        """Adapted layers, in a stable order."""
+        return sorted(self.weights, key=_layer_sort_key)
+
+    @property
+    def rank(self):
+        """The rank, when every layer has the same one (else the max)."""
+        return max(self.ranks.values())
+
+    @property
+    def language(self):
+        """The language recorded with the expert, if any."""
+        return self.metadata.get("language")
+
+
+def base_fingerprint(model):
+    """The architecture numbers an expert must agree with."""
+    config = whisper_model(model).config
+    return {key: getattr(config, key) for key in _FINGERPRINT_KEYS}
+
+
+def save_expert(
+    experts,
+    expert,
+    folder,
+    base_model_name_or_path=None,
+    language=None,
+    metadata=None,
+):
+    """Writes one expert of ``experts`` as a PEFT LoRA adapter folder.
+
+    Arguments
+    ---------
+    experts : WhisperLoRAExperts
+        The pool holding the expert.
+    expert : int or str
+        Index or name of the expert.
+    folder : str
+        Output folder (created).
+    base_model_name_or_path : str
+        Recorded in ``adapter_config.json`` for PEFT users.
+    language : str
+        Language code recorded in ``lora_experts.json``.
+    metadata : dict
+        Extra JSON-serialisable information (training data, epochs, ...).
+
+    Returns
+    -------
+    str
+        The folder.
+    """
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    index = experts._index(expert)
+    tensors, ranks, alphas = {}, {}, {}
+    for name, layer in experts.layers.items():
+        lora = layer.experts[index]
+        key = PEFT_PREFIX + name
+        tensors[key + ".lora_A.weight"] = lora.lora_A.detach().cpu()
+        tensors[key + ".lora_B.weight"] = lora.lora_B.detach().cpu()
+        ranks["model." + name] = lora.rank
+        alphas["model." + name] = lora.alpha
+    rank = max(ranks.values(), key=list(ranks.values()).count)
+    alpha = max(alphas.values(), key=list(alphas.values()).count)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=experts.config["dropout"],
+        use_rslora=experts.config["use_rslora"],
+        target_modules=sorted(ranks, key=_layer_sort_key),
+        rank_pattern={k: v for k, v in ranks.items() if v != rank},
+        alpha_pattern={k: v for k, v in alphas.items() if v != alpha},
+        bias="none",
+        base_model_name_or_path=base_model_name_or_path,
+    )
+    os.makedirs(folder, exist_ok=True)
+    config.save_pretrained(folder)
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    save_file(tensors, os.path.join(folder, WEIGHTS_NAME), {"format": "pt"})
+    info = dict(metadata or {})
+    info.update(
+        format_version=1,
+        language=language,
+        expert_name=experts.expert_names[index],
+        base_model=base_model_name_or_path,
+        base_fingerprint=base_fingerprint(experts.model),
+    )
+    with open(os.path.join(folder, META_NAME), "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=2, sort_keys=True)
+    return folder
+
+
+def read_adapter(folder):
+    """Reads a PEFT LoRA adapter folder (safetensors only).
+
+    Arguments
+    ---------
+    folder : str
+        Folder with ``adapter_config.json`` and ``adapter_model.safetensors``.
+
+    Returns
+    -------
+    Adapter
+    """
+    from safetensors.torch import load_file
+
+    folder = os.fspath(folder)
+    config_path = os.path.join(folder, CONFIG_NAME)
+    weights_path = os.path.join(folder, WEIGHTS_NAME)
+    if not os.path.isfile(config_path):
+        raise AdapterError(
+            f"{config_path} not found: {folder} is not a PEFT adapter folder "
+            "(expected adapter_config.json + adapter_model.safetensors)"
+        )
+    if not os.path.isfile(weights_path):
+        if os.path.isfile(os.path.join(folder, "adapter_model.bin")):
+            raise AdapterError(
+                f"{folder} holds a pickled adapter_model.bin; pickles are "
+                "never loaded. Re-save it with PeftModel.save_pretrained("
+                "..., safe_serialization=True)"
+            )
+        raise AdapterError(f"{weights_path} not found")
+    with open(config_path, encoding="utf-8") as f:
+        config = json.load(f)
+    _check_supported(config, config_path)
+    weights = _layer_weights(load_file(weights_path), weights_path)
+    ranks, alphas = {}, {}
+    for name, (lora_a, lora_b) in weights.items():
+        rank = int(lora_a.shape[0])
+        if lora_b.shape[1] != rank:
+            raise AdapterError(
+                f"{weights_path}: {name} has lora_A rank {rank} but lora_B "
+                f"rank {lora_b.shape[1]}"
+            )
+        expected = _pattern_value(
+            config.get("rank_pattern") or {}, name, config["r"]
+        )
+        if rank != expected:
+            raise AdapterError(
+                f"{weights_path}: {name} has rank {rank} but "
+                f"{CONFIG_NAME} says r={expected}"
+            )
+        ranks[name] = rank
+        alphas[name] = _pattern_value(
+            config.get("alpha_pattern") or {}, name, config["lora_alpha"]
+        )
+    metadata = {}
+    meta_path = os.path.join(folder, META_NAME)
+    if os.path.isfile(meta_path):
+        with open(meta_path, encoding="utf-8") as f:
+            metadata = json.load(f)
+    return Adapter(
+        folder=folder,
+        weights=weights,
+        ranks=ranks,
+        alphas=alphas,
+        use_rslora=bool(config.get("use_rslora", False)),
+        dropout=float(config.get("lora_dropout") or 0.0),
+        metadata=metadata,
+    )
+
+
+def load_expert(experts, expert, adapter, strict=True):
+    """Copies an adapter's weights into expert slot ``expert``.
+
+    Arguments
+    ---------
+    experts : WhisperLoRAExperts
+        The pool to fill.
+    expert : int or str
+        Target slot.
+    adapter : str or Adapter
+        Adapter folder or an already read ``Adapter``.
+    strict : bool
+        Require the adapter's layers and rank to equal the pool's; when
+        False, pool layers the adapter lacks get a zero update.
+
+    Returns
+    -------
+    Adapter
+    """
+    if not isinstance(adapter, Adapter):
+        adapter = read_adapter(adapter)
+    index = experts._index(expert)
+    check_compatible(experts, adapter, strict=strict)
+    with torch.no_grad():
+        for name, layer in experts.layers.items():
+            slot = layer.experts[index]
+            if name not in adapter.weights:
+                slot.lora_B.zero_()
+                continue
+            lora_a, lora_b = adapter.weights[name]
+            if slot.rank != lora_a.shape[0]:
+                # Non-strict import of another rank: resize the slot.
+                slot.rank = int(lora_a.shape[0])
+                slot.lora_A = torch.nn.Parameter(lora_a.clone())
+                slot.lora_B = torch.nn.Parameter(lora_b.clone())
+                slot.to(layer.base.weight)
+            else:
+                slot.lora_A.copy_(lora_a)
+                slot.lora_B.copy_(lora_b)
+            slot.alpha = adapter.alphas[name]
+            slot.use_rslora = adapter.use_rslora
+    return adapter
+
+
+def check_compatible(experts, adapter, strict=True):
+    """Raises ``AdapterError`` naming every mismatch with the pool."""
+    problems = []
+    recorded = adapter.metadata.get("base_fingerprint")
+    if recorded:
+        here = base_fingerprint(experts.model)
+        diff = {
+            k: (recorded[k], here[k])
+            for k in here
+            if k in recorded and recorded[k] != here[k]
+        }
+        if diff:
+            problems.append(
+                "trained on another base model (expert vs this Whisper: "
+                + ", ".join(f"{k} {a} vs {b}" for k, (a, b) in diff.items())
+                + f"; expert base: {adapter.metadata.get('base_model')})"
+            )
+    extra = sorted(set(adapter.weights) - set(experts.layers))
+    missing = sorted(set(experts.layers) - set(adapter.weights))
+    if extra:
+        problems.append(
+            f"adapts layers the pool lacks: {_short(extra)}; attach with "
+            "the adapter's targets (see attach_from_adapters)"
+        )
+    if missing and strict:
+        problems.append(
+            f"does not adapt pool layers: {_short(missing)} (targets differ)"
+        )
+    pool_rank = experts.config["rank"]
+    if strict and adapter.rank != pool_rank:
+        problems.append(
+            f"has rank {adapter.rank} but the pool expects lora_rank="
+            f"{pool_rank}"
+        )
+    for name in sorted(set(adapter.weights) & set(experts.layers)):
+        layer = experts.layers[name]
+        lora_a, lora_b = adapter.weights[name]
+        if lora_a.shape[1] != layer.in_features:
+            problems.append(
+                f"{name}: lora_A expects {lora_a.shape[1]} inputs, the base "
+                f"layer has {layer.in_features}"
+            )
+        if lora_b.shape[0] != layer.out_features:
+            problems.append(
+                f"{name}: lora_B gives {lora_b.shape[0]} outputs, the base "
+                f"layer has {layer.out_features}"
+            )
+    if problems:
+        raise AdapterError(
+            f"adapter {adapter.folder} does not fit this expert pool:\n  - "
+            + "\n  - ".join(problems)
+        )
+
+
+def attach_from_adapters(whisper, adapters, names=None, extra_experts=()):
+    """Attaches a pool mirroring existing adapters and loads them.
+
+    Arguments
+    ---------
+    whisper : torch.nn.Module
+        SpeechBrain's Whisper (or an HF Whisper), modified in place.
+    adapters : list of str or Adapter
+        Adapter folders; all must adapt the same layers with the same rank.
+    names : list of str
+        Expert names (default: the recorded language, else the folder name).
+    extra_experts : list of str
+        Names of additional fresh (trainable) experts appended after the
+        loaded ones, e.g. a distillation student.
+
+    Returns
+    -------
+    WhisperLoRAExperts
+        Loaded experts are frozen; extra experts are trainable.
+    """
+    adapters = [
+        a if isinstance(a, Adapter) else read_adapter(a) for a in adapters
+    ]
+    if not adapters:
+        raise ValueError("attach_from_adapters needs at least one adapter")
+    first = adapters[0]
+    for other in adapters[1:]:
+        if set(other.weights) != set(first.weights) or other.rank != first.rank:
+            raise AdapterError(
+                f"experts {first.folder} and {other.folder} differ in targets "
+                f"or rank ({first.rank} vs {other.rank}); train all experts "
+                "of a pool with the same lora_rank and targets"
+            )
+    if names is None:
+        names = [
+            a.language or os.path.basename(os.path.normpath(a.folder))
+            for a in adapters
+        ]
+    experts = WhisperLoRAExperts(
+        whisper,
+        expert_names=list(names) + list(extra_experts),
+        rank=first.rank,
+        alpha=first.alphas[first.layer_names[0]],
+        dropout=first.dropout,
+        use_rslora=first.use_rslora,
+        layer_names=first.layer_names,
+    )
+    for index, adapter in enumerate(adapters):
+        load_expert(experts, index, adapter)
+    experts.set_trainable(experts=range(len(adapters), experts.n_experts))
+    return experts
+
+
+def _check_supported(config, path):
+    if config.get("peft_type", "LORA") != "LORA":
+        raise AdapterError(
+            f"{path}: peft_type {config.get('peft_type')} is not LoRA"
+        )
+    unsupported = {
+        "use_dora": bool(config.get("use_dora")),
+        "fan_in_fan_out": bool(config.get("fan_in_fan_out")),
+        "bias": config.get("bias", "none") not in ("none", None),
+        "modules_to_save": bool(config.get("modules_to_save")),
+    }
+    bad = [k for k, v in unsupported.items() if v]
+    if bad:
+        raise AdapterError(
+            f"{path}: unsupported LoRA options {bad}; experts are plain LoRA "
+            "on Whisper's linear layers"
+        )
+
+
+def _layer_weights(tensors, path):
+    pairs = {}
+    for key, value in tensors.items():
+        match = _KEY.match(key)
+        if match is None:
+            raise AdapterError(
+                f"{path}: unexpected tensor {key!r}; only lora_A/lora_B "
+                "weights of Whisper encoder/decoder layers are supported"
+            )
+        pairs.setdefault(match["layer"], {})[match["ab"]] = value
+    weights = {}
+    for name, ab in pairs.items():
+        if set(ab) != {"A", "B"}:
+            raise AdapterError(f"{path}: {name} lacks lora_A or lora_B")
+        weights[name] = (ab["A"].float(), ab["B"].float())
+    if not weights:
+        raise AdapterError(f"{path} holds no LoRA weights")
+    return weights
+
+
+def _pattern_value(pattern, name, default):
+    # PEFT matches pattern keys as suffixes (or regexes) of module names.
+    full = "model." + name
+    for key, value in pattern.items():
+        if full == key or full.endswith("." + key.lstrip(".")):
+            return value
+        if re.fullmatch(rf"(.*\.)?{key}", full):
+            return value
+    return default
+
+
+def _layer_sort_key(name):
+    parts = re.split(r"(\d+)", name)
+    return [int(p) if p.isdigit() else p for p in parts]
+
+
+def _short(names, limit=4):
+    text = ", ".join(names[:limit])
+    return text + (
+        f" (+{len(names) - limit} more)" if len(names) > limit else ""
+    )

@@ -1,0 +1,28 @@
+"""Shared fixtures: a tiny random multilingual Whisper built offline."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_dir(tmp_path_factory):
+    """Folder of a tiny Whisper in hub layout (vocabulary 51865)."""
+    from speechbrain_lora_experts.testing.tiny_whisper import make_tiny_whisper
+
+    return make_tiny_whisper(tmp_path_factory.mktemp("tiny_whisper"))
+
+
+@pytest.fixture
+def sb_whisper(tiny_whisper_dir, tmp_path):
+    """SpeechBrain's Whisper wrapper over the tiny model."""
+    from speechbrain_lora_experts.whisper import Whisper
+
+    torch.manual_seed(0)
+    whisper = Whisper(tiny_whisper_dir, str(tmp_path / "save"), language="de")
+    return whisper.eval()

@@ -1,0 +1,174 @@
+"""The expert layer's math on plain tensors."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from speechbrain_lora_experts.experts import ExpertRouting, LoRAExpertsLinear
+
+
+def make_layer(n=3, rank=4, alpha=8, in_f=12, out_f=10, seed=0):
+    torch.manual_seed(seed)
+    routing = ExpertRouting()
+    layer = LoRAExpertsLinear(
+        nn.Linear(in_f, out_f), n, rank, alpha, routing=routing
+    )
+    for expert in layer.experts:
+        nn.init.normal_(expert.lora_B)
+    return layer, routing
+
+
+def manual(layer, x, expert):
+    e = layer.experts[expert]
+    w = layer.base.weight + e.scaling * e.lora_B @ e.lora_A
+    return x @ w.t() + layer.base.bias
+
+
+def test_base_is_frozen_and_b_starts_at_zero():
+    layer = LoRAExpertsLinear(nn.Linear(6, 5), 2, 3, 6)
+    assert not any(p.requires_grad for p in layer.base.parameters())
+    assert all(e.lora_A.requires_grad for e in layer.experts)
+    assert all(not e.lora_B.detach().any() for e in layer.experts)
+
+
+def test_routing_mixed_batch_matches_each_expert_alone():
+    layer, routing = make_layer()
+    x = torch.randn(5, 7, 12)
+    index = torch.tensor([2, 0, -1, 1, 2])
+    routing.route(index)
+    out = layer(x)
+    for b, e in enumerate(index.tolist()):
+        expected = layer.base(x[b]) if e < 0 else manual(layer, x[b], e)
+        torch.testing.assert_close(out[b], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_uniform_route_and_off():
+    layer, routing = make_layer()
+    x = torch.randn(2, 3, 12)
+    routing.route(1)
+    torch.testing.assert_close(layer(x), manual(layer, x, 1))
+    routing.route(torch.tensor([1, 1]))
+    assert routing.uniform == 1
+    torch.testing.assert_close(layer(x), manual(layer, x, 1))
+    routing.off()
+    torch.testing.assert_close(layer(x), layer.base(x))
+    routing.route(-1)
+    torch.testing.assert_close(layer(x), layer.base(x))
+
+
+def test_route_inflates_for_beam_search():
+    layer, routing = make_layer()
+    x = torch.randn(2, 4, 12)
+    routing.route(torch.tensor([0, 2]))
+    beams = x.repeat_interleave(3, dim=0)
+    out = layer(beams)
+    torch.testing.assert_close(out[:3], manual(layer, beams[:3], 0))
+    torch.testing.assert_close(out[3:], manual(layer, beams[3:], 2))
+    routing.route(torch.tensor([0, 1, 2]))
+    with pytest.raises(RuntimeError, match="routing was set for 3"):
+        layer(torch.randn(4, 1, 12))
+
+
+def test_mix_per_utterance_equals_weighted_sum():
+    layer, routing = make_layer()
+    x = torch.randn(2, 5, 12)
+    weights = torch.tensor([[0.2, 0.5, 0.3], [0.0, 1.0, 0.0]])
+    routing.mix(weights)
+    out = layer(x)
+    for b in range(2):
+        expected = layer.base(x[b]) + sum(
+            weights[b, n] * layer.experts[n](x[b]) for n in range(3)
+        )
+        torch.testing.assert_close(out[b], expected, atol=1e-5, rtol=1e-5)
+    # A one-hot mix is routing.
+    torch.testing.assert_close(out[1], manual(layer, x[1], 1))
+
+
+def test_mix_skips_experts_without_weight():
+    layer, routing = make_layer()
+    x = torch.randn(2, 5, 12)
+    weights = torch.tensor([[0.4, 0.0, 0.6], [1.0, 0.0, 0.0]])
+    routing.mix(weights)
+    out = layer(x)
+    expected = layer.base(x[0]) + 0.4 * layer.experts[0](x[0])
+    expected = expected + 0.6 * layer.experts[2](x[0])
+    torch.testing.assert_close(out[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_token_gate_gives_per_token_mixture_and_trains():
+    layer, routing = make_layer()
+    layer.add_token_gate(temperature=0.5)
+    nn.init.normal_(layer.token_gate.weight)
+    routing.token_gate()
+    x = torch.randn(2, 4, 12)
+    out = layer(x)
+    w = (layer.token_gate(x) / 0.5).softmax(-1)
+    deltas = torch.stack([e(x) for e in layer.experts], dim=-1)
+    expected = layer.base(x) + (deltas * w.unsqueeze(-2)).sum(-1)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    out.sum().backward()
+    assert layer.token_gate.weight.grad.abs().sum() > 0
+
+
+def test_per_expert_ranks_are_zero_padded_exactly():
+    torch.manual_seed(1)
+    routing = ExpertRouting()
+    layer = LoRAExpertsLinear(
+        nn.Linear(8, 6), 2, [2, 5], [4, 3], routing=routing
+    )
+    for e in layer.experts:
+        nn.init.normal_(e.lora_B)
+    x = torch.randn(3, 2, 8)
+    routing.route(torch.tensor([0, 1, 0]))
+    out = layer(x)
+    torch.testing.assert_close(out[1], manual(layer, x[1], 1))
+    torch.testing.assert_close(out[2], manual(layer, x[2], 0))
+
+
+def test_gradients_reach_only_routed_trainable_experts():
+    layer, routing = make_layer()
+    layer.experts[0].requires_grad_(False)
+    routing.route(torch.tensor([0, 1]))
+    layer(torch.randn(2, 3, 12)).sum().backward()
+    assert layer.experts[0].lora_A.grad is None
+    assert layer.experts[1].lora_B.grad.abs().sum() > 0
+    assert layer.experts[2].lora_B.grad.abs().sum() == 0
+    assert layer.base.weight.grad is None
+
+
+def test_stack_cache_follows_parameter_updates():
+    layer, routing = make_layer()
+    x = torch.randn(2, 3, 12)
+    routing.route(torch.tensor([0, 1]))
+    with torch.no_grad():
+        first = layer(x)
+        layer.experts[1].lora_B.add_(1.0)
+        second = layer(x)
+    torch.testing.assert_close(second[0], first[0])
+    torch.testing.assert_close(second[1], manual(layer, x[1], 1))
+
+
+def test_merge_and_unmerge_round_trip_exactly():
+    layer, routing = make_layer()
+    x = torch.randn(2, 3, 12)
+    original = layer.base.weight.detach().clone()
+    routing.route(2)
+    routed = layer(x)
+    layer.merge(expert=2)
+    routing.off()
+    torch.testing.assert_close(layer(x), routed, atol=1e-5, rtol=1e-5)
+    routing.route(1)
+    with pytest.raises(RuntimeError, match="unmerge"):
+        layer(x)
+    layer.unmerge()
+    assert torch.equal(layer.base.weight, original)
+    # A fixed weighted mix merges like the per-utterance mix computes.
+    routing.mix(torch.tensor([[0.1, 0.6, 0.3]]))
+    mixed = layer(x[:1])
+    layer.merge(weights=[0.1, 0.6, 0.3])
+    routing.off()
+    torch.testing.assert_close(layer(x[:1]), mixed, atol=1e-5, rtol=1e-5)
+    layer.unmerge()
+    assert torch.equal(layer.base.weight, original)
+    with pytest.raises(RuntimeError, match="nothing is merged"):
+        layer.unmerge()
