@@ -451,3 +451,59 @@ def _short(names, limit=4):
     return text + (
         f" (+{len(names) - limit} more)" if len(names) > limit else ""
     )
+
+
+def pool_folders(expert_pool, languages):
+    """Adapter folders ``<expert_pool>/<language>`` for ``languages``.
+
+    Raises ``AdapterError`` naming every language without an expert and the
+    command that trains it.
+    """
+    folders = [os.path.join(expert_pool, lang) for lang in languages]
+    missing = [
+        lang
+        for lang, folder in zip(languages, folders)
+        if not os.path.isfile(os.path.join(folder, CONFIG_NAME))
+    ]
+    if missing:
+        present = (
+            sorted(os.listdir(expert_pool))
+            if os.path.isdir(expert_pool)
+            else []
+        )
+        raise AdapterError(
+            f"expert pool {expert_pool} has no expert for {missing} "
+            f"(present: {present}); train one per language with "
+            "`python train.py hparams/expert.yaml --language=<code>`"
+        )
+    return folders
+
+
+def attach_pool(whisper, expert_pool, languages, extra_experts=()):
+    """Attaches the pool's experts for ``languages`` (frozen, in order).
+
+    Arguments
+    ---------
+    whisper : torch.nn.Module
+        SpeechBrain's Whisper, modified in place.
+    expert_pool : str
+        Folder holding one adapter folder per language.
+    languages : list of str
+        Target languages; expert i serves ``languages[i]``.
+    extra_experts : list of str
+        Fresh trainable slots appended (e.g. ``["student"]``).
+
+    Returns
+    -------
+    WhisperLoRAExperts
+    """
+    adapters = [read_adapter(f) for f in pool_folders(expert_pool, languages)]
+    for lang, adapter in zip(languages, adapters):
+        if adapter.language not in (None, lang):
+            raise AdapterError(
+                f"{adapter.folder} holds an expert for {adapter.language!r}, "
+                f"not {lang!r}"
+            )
+    return attach_from_adapters(
+        whisper, adapters, names=list(languages), extra_experts=extra_experts
+    )

@@ -1,0 +1,480 @@
+"""SpeechBrain Brains for language experts, baselines, fusion and distillation.
+
+One base class does what every system shares (Whisper forward, masked
+cross-entropy, decoding with per-utterance language prompts, per-language
+metrics, gradient averaging under DDP); each system only says how experts are
+routed and what it adds to the loss:
+
+=====================  ==============================================
+``ExpertBrain``        one LoRA on one language (route everything to it)
+``MultilingualBrain``  one LoRA on all target languages (the baseline)
+``FullFinetuneBrain``  every Whisper weight trains (the other baseline)
+``FusionBrain``        frozen experts mixed by a trained gate
+``DistillBrain``       expert teachers, one multilingual LoRA student
+=====================  ==============================================
+
+Scenarios: ``language_aware: True`` gives the language token in the decoder
+prompt; ``False`` makes the model predict it (taught as a target during
+training, detected at evaluation).
+
+Authors
+ * speechbrain-lora-experts developers 2026
+"""
+
+import json
+import logging
+import os
+
+import speechbrain as sb
+import torch
+
+from speechbrain_lora_experts import decoding
+from speechbrain_lora_experts.data.pipeline import target_mask
+from speechbrain_lora_experts.distill import (
+    distillation_loss,
+    masked_cross_entropy,
+)
+from speechbrain_lora_experts.metrics import MultilingualScorer
+
+logger = logging.getLogger(__name__)
+
+
+class WhisperExpertsBrain(sb.Brain):
+    """What every system shares. Subclasses override ``set_routing``.
+
+    Hparams read: ``whisper``, ``experts`` (may be None), ``languages``,
+    ``language_aware``, ``label_smoothing``, ``decoding`` (greedy/beam),
+    ``beam_size``, ``valid_search_interval``, ``epoch_counter``,
+    ``train_logger``, ``output_folder``; optionally ``lr_annealing``.
+    """
+
+    # Which logits produce hypotheses: subclasses may route differently at
+    # evaluation than at training (distillation evaluates the student).
+    def set_routing(self, batch, stage):
+        """Sets the experts' routing for this batch (before the encoder)."""
+
+    @property
+    def whisper(self):
+        """The (unwrapped) Whisper module."""
+        return self.hparams.whisper
+
+    @property
+    def experts(self):
+        """The expert pool, or None."""
+        return getattr(self.hparams, "experts", None)
+
+    @property
+    def languages(self):
+        """Target languages; their order is ``lang_id``."""
+        return list(self.hparams.languages)
+
+    @property
+    def language_aware(self):
+        """Whether the language is given to Whisper."""
+        return bool(self.hparams.language_aware)
+
+    def lang_ids(self, batch):
+        """``[B]`` index of each utterance's language in ``languages``."""
+        return torch.as_tensor(batch.lang_id, device=self.device)
+
+    # Forward ----------------------------------------------------------------
+    def compute_forward(self, batch, stage):
+        """Teacher-forced logits, and hypotheses when evaluating."""
+        batch = batch.to(self.device)
+        wavs, wav_lens = batch.sig
+        tokens_bos, _ = batch.tokens_bos
+        mel = self.whisper._get_mel(wavs)
+        self.set_routing(batch, stage)
+        enc = self.whisper.forward_encoder(mel)
+        logits = self.whisper.forward_decoder(enc, tokens_bos, use_cache=False)
+        predictions = {"logits": logits[0]}
+        if stage != sb.Stage.TRAIN and self._decode_now(stage):
+            predictions.update(self.decode(batch, enc))
+        return predictions
+
+    def _decode_now(self, stage):
+        if stage == sb.Stage.TEST:
+            return True
+        interval = getattr(self.hparams, "valid_search_interval", 1)
+        epoch = self.hparams.epoch_counter.current
+        return interval > 0 and epoch % interval == 0
+
+    def predicted_languages(self, batch, enc):
+        """Language codes used in the prompt, and whether they were given."""
+        if self.language_aware:
+            return list(batch.lang)
+        codes, _ = decoding.detect_language(
+            self.whisper, enc, candidates=self.languages
+        )
+        return codes
+
+    def decode(self, batch, enc):
+        """Greedy or beam decoding with one language prompt per utterance."""
+        languages = self.predicted_languages(batch, enc)
+        prompts = decoding.prompt_tokens(self.whisper, languages)
+        durations = torch.as_tensor(
+            [float(d) for d in batch.duration], device=enc.device
+        )
+        limits = decoding.max_tokens_for(durations)
+        if getattr(self.hparams, "decoding", "greedy") == "beam":
+            tokens = decoding.beam_decode(
+                self.whisper,
+                enc,
+                prompts.to(enc.device),
+                self.hparams.beam_size,
+                limits,
+            )
+        else:
+            tokens = decoding.greedy_decode(
+                self.whisper, enc, prompts.to(enc.device), limits
+            )
+        return {
+            "hyps": decoding.decode_text(self.whisper, tokens),
+            "pred_langs": languages,
+        }
+
+    # Loss -------------------------------------------------------------------
+    def token_loss(self, logits, batch):
+        """Masked cross-entropy over the targets the scenario teaches."""
+        tokens_eos, tokens_eos_lens = batch.tokens_eos
+        mask = target_mask(
+            tokens_eos_lens, tokens_eos.shape, self.language_aware
+        )
+        return masked_cross_entropy(
+            logits,
+            tokens_eos,
+            mask,
+            getattr(self.hparams, "label_smoothing", 0.0),
+        ), mask
+
+    def compute_objectives(self, predictions, batch, stage):
+        """Cross-entropy (+ what subclasses add); scores hypotheses."""
+        loss, _ = self.token_loss(predictions["logits"], batch)
+        loss = loss + self.extra_loss(predictions, batch, stage)
+        if "hyps" in predictions:
+            self.scorer.append(
+                ids=list(batch.id),
+                languages=list(batch.lang),
+                hypotheses=predictions["hyps"],
+                references=list(batch.wrd),
+                predicted_languages=(
+                    None if self.language_aware else predictions["pred_langs"]
+                ),
+            )
+        return loss
+
+    def extra_loss(self, predictions, batch, stage):
+        """Additional loss terms of a system (none by default)."""
+        return torch.zeros((), device=self.device)
+
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **kw):
+        """SpeechBrain's loaders, with a private generator.
+
+        A DataLoader iterator draws a seed from the global random stream when
+        it is created. A run resumed mid-epoch creates its iterator at another
+        point of that stream than an uninterrupted run, which would shift
+        every later dropout mask; a private generator keeps resume exact.
+        """
+        kw.setdefault("generator", torch.Generator().manual_seed(0))
+        return super().make_dataloader(dataset, stage, ckpt_prefix, **kw)
+
+    # DDP: gradients are averaged by hand, because the Brain calls Whisper's
+    # encoder and decoder methods directly, never a DDP-wrapped forward.
+    def _wrap_distributed(self):
+        if self.distributed_launch:
+            for param in self.trainable_parameters():
+                torch.distributed.broadcast(param.data, src=0)
+
+    def trainable_parameters(self):
+        """Parameters the optimiser updates, in a fixed order."""
+        return [p for p in self.modules.parameters() if p.requires_grad]
+
+    def optimizers_step(self):
+        """Averages gradients across processes, then steps."""
+        if self.distributed_launch:
+            world = torch.distributed.get_world_size()
+            for param in self.trainable_parameters():
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
+                torch.distributed.all_reduce(param.grad)
+                param.grad /= world
+        super().optimizers_step()
+
+    # Stages -----------------------------------------------------------------
+    def on_stage_start(self, stage, epoch=None):
+        """Fresh scorer per stage."""
+        self.scorer = MultilingualScorer()
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Logs, anneals, checkpoints, and writes metrics."""
+        stats = {"loss": stage_loss}
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = stats
+            return
+        if self.scorer.stats:
+            summary = self.scorer.summary()
+            stats["macro_error_rate"] = summary["macro"]
+            for lang, row in summary["per_language"].items():
+                stats[f"{row['metric']}_{lang}"] = row["error_rate"]
+            if summary.get("lid_accuracy") is not None:
+                stats["lid_accuracy"] = summary["lid_accuracy"]
+        if stage == sb.Stage.VALID:
+            lr = self._anneal(stage_loss, epoch)
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, "lr": lr},
+                train_stats=getattr(self, "train_stats", None),
+                valid_stats=stats,
+            )
+            meta = {k: v for k, v in stats.items() if _is_number(v)}
+            self.checkpointer.save_and_keep_only(
+                meta=meta,
+                min_keys=["loss"],
+                num_to_keep=getattr(self.hparams, "ckpts_to_keep", 1),
+            )
+        elif stage == sb.Stage.TEST:
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epochs": self.hparams.epoch_counter.current},
+                test_stats=stats,
+            )
+            if sb.utils.distributed.if_main_process():
+                self.write_metrics(stats)
+
+    def _anneal(self, stage_loss, epoch):
+        scheduler = getattr(self.hparams, "lr_annealing", None)
+        if scheduler is None or self.optimizer is None:
+            return self.optimizer.param_groups[0]["lr"] if self.optimizer else 0
+        old_lr, new_lr = scheduler(stage_loss)
+        sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
+        return old_lr
+
+    def write_metrics(self, stats):
+        """Writes ``metrics.json`` and wer files into the output folder."""
+        folder = self.hparams.output_folder
+        prefix = getattr(self, "metrics_prefix", "")
+        if self.scorer.stats:
+            self.scorer.write(folder, prefix=prefix)
+        path = os.path.join(folder, f"{prefix}run.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(
+                {
+                    "system": type(self).__name__,
+                    "languages": self.languages,
+                    "language_aware": self.language_aware,
+                    "test_loss": stats["loss"],
+                    "epochs": self.hparams.epoch_counter.current,
+                    "train_loss_history": getattr(self, "loss_history", []),
+                },
+                f,
+                indent=2,
+            )
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        """Keeps the training loss curve (shown in run.json)."""
+        if should_step:
+            history = getattr(self, "loss_history", [])
+            history.append(float(loss.detach()))
+            self.loss_history = history
+
+    def on_fit_start(self):
+        """Logs the parameter report before training."""
+        super().on_fit_start()
+        if self.experts is not None:
+            logger.info("expert pool: %s", self.experts.parameter_report())
+
+
+class ExpertBrain(WhisperExpertsBrain):
+    """Trains one language expert (a LoRA) on its language's data."""
+
+    def set_routing(self, batch, stage):
+        """Everything goes through expert 0."""
+        self.experts.route(0)
+
+
+class MultilingualBrain(ExpertBrain):
+    """One LoRA trained on all target languages mixed (the baseline)."""
+
+
+class FullFinetuneBrain(WhisperExpertsBrain):
+    """All Whisper weights train; no experts."""
+
+
+class FusionBrain(WhisperExpertsBrain):
+    """Frozen experts combined per utterance by a trained gate.
+
+    The utterance-level gate reads the hidden states entering the first
+    encoder layer the experts adapt (or the encoder output when they adapt
+    none), so it always sees base-model features and costs no extra encoder
+    pass. ``gate_level: token`` uses per-layer token gates instead.
+    Hparams: ``gate`` (an ``UtteranceGate``), ``gate_level``,
+    ``lid_loss_weight``, ``lid_source`` (gate/decoder, agnostic scenario).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Token gates must exist before the optimiser and checkpoint recovery.
+        if self.token_level and not self.experts.token_gates:
+            self.experts.add_token_gates(
+                getattr(self.hparams, "gate_temperature", 1.0)
+            )
+
+    def on_fit_start(self):
+        """Installs the gate tap."""
+        self._install_tap()
+        super().on_fit_start()
+
+    def on_evaluate_start(self, max_key=None, min_key=None):
+        """Installs the gate tap (when only evaluating)."""
+        super().on_evaluate_start(max_key=max_key, min_key=min_key)
+        self._install_tap()
+
+    @property
+    def token_level(self):
+        """Whether per-layer token gates mix the experts."""
+        return getattr(self.hparams, "gate_level", "utterance") == "token"
+
+    def _install_tap(self):
+        if getattr(self, "_tap", None) is not None or self.token_level:
+            return
+        from speechbrain_lora_experts.gate import GateTap
+
+        self._tap = GateTap(self.whisper, self.experts, self.hparams.gate)
+
+    def set_routing(self, batch, stage):
+        """Token gates, or the utterance gate fed at the tap."""
+        if self.token_level:
+            self.experts.use_token_gates()
+            return
+        wavs, wav_lens = batch.sig
+        self._tap.prepare(
+            valid_fraction=wav_lens
+            * wavs.shape[1]
+            / self.whisper.window_samples,
+            language=self.lang_ids(batch) if self.language_aware else None,
+        )
+
+    def compute_forward(self, batch, stage):
+        """Adds the gate's weights and logits to the predictions."""
+        predictions = super().compute_forward(batch, stage)
+        if not self.token_level:
+            predictions["gate_logits"] = self._tap.logits
+            predictions["gate_weights"] = self._tap.weights
+        return predictions
+
+    def predicted_languages(self, batch, enc):
+        """In the agnostic scenario the gate can name the language."""
+        source = getattr(self.hparams, "lid_source", "gate")
+        if self.language_aware or self.token_level or source != "gate":
+            return super().predicted_languages(batch, enc)
+        best = self._tap.logits.argmax(dim=-1).tolist()
+        return [self.languages[i] for i in best]
+
+    def extra_loss(self, predictions, batch, stage):
+        """Auxiliary language-identification loss on the gate's logits."""
+        weight = getattr(self.hparams, "lid_loss_weight", 0.0)
+        if self.token_level or not weight:
+            return super().extra_loss(predictions, batch, stage)
+        return weight * torch.nn.functional.cross_entropy(
+            predictions["gate_logits"], self.lang_ids(batch)
+        )
+
+    def on_stage_start(self, stage, epoch=None):
+        """Collects gate weights per true language for the report."""
+        super().on_stage_start(stage, epoch)
+        self.gate_sums = {}
+
+    def compute_objectives(self, predictions, batch, stage):
+        """Also accumulates mean gate weights per language."""
+        if "gate_weights" in predictions and stage != sb.Stage.TRAIN:
+            weights = predictions["gate_weights"].detach().cpu()
+            for lang, row in zip(batch.lang, weights):
+                total, count = self.gate_sums.get(lang, (0, 0))
+                self.gate_sums[lang] = (total + row, count + 1)
+        return super().compute_objectives(predictions, batch, stage)
+
+    def write_metrics(self, stats):
+        """Adds the mean gate weights per true language."""
+        super().write_metrics(stats)
+        table = {
+            lang: dict(zip(self.languages, (total / count).tolist()))
+            for lang, (total, count) in self.gate_sums.items()
+        }
+        path = os.path.join(self.hparams.output_folder, "gate_weights.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(table, f, indent=2)
+
+
+class DistillBrain(WhisperExpertsBrain):
+    """Expert teachers (frozen) distilled into one multilingual LoRA.
+
+    The pool holds the language experts followed by a ``student`` slot. The
+    teacher of an utterance is Whisper + its language's expert, run under
+    ``no_grad``; when the experts adapt no encoder layer, teacher and student
+    share one encoder pass. Hparams: ``distill_weight`` (lambda),
+    ``distill_temperature``.
+    """
+
+    @property
+    def student(self):
+        """Index of the student slot."""
+        return self.experts.index_of("student")
+
+    def set_routing(self, batch, stage):
+        """The student is what trains and what is evaluated."""
+        self.experts.route(self.student)
+
+    def compute_forward(self, batch, stage):
+        """Student forward; teacher logits too when training."""
+        if stage != sb.Stage.TRAIN:
+            return super().compute_forward(batch, stage)
+        batch = batch.to(self.device)
+        wavs, _ = batch.sig
+        tokens_bos, _ = batch.tokens_bos
+        mel = self.whisper._get_mel(wavs)
+        shares_encoder = not any(
+            name.startswith("encoder.") for name in self.experts.layers
+        )
+        with torch.no_grad():
+            self.experts.route(self.lang_ids(batch))
+            teacher_enc = self.whisper.forward_encoder(mel)
+            teacher = self.whisper.forward_decoder(
+                teacher_enc, tokens_bos, use_cache=False
+            )[0]
+        self.set_routing(batch, stage)
+        if shares_encoder:
+            enc = teacher_enc
+        else:
+            enc = self.whisper.forward_encoder(mel)
+        logits = self.whisper.forward_decoder(enc, tokens_bos, use_cache=False)
+        return {"logits": logits[0], "teacher_logits": teacher}
+
+    def compute_objectives(self, predictions, batch, stage):
+        """Distillation loss when training, plain CE when evaluating."""
+        if "teacher_logits" not in predictions:
+            return super().compute_objectives(predictions, batch, stage)
+        tokens_eos, tokens_eos_lens = batch.tokens_eos
+        mask = target_mask(
+            tokens_eos_lens, tokens_eos.shape, self.language_aware
+        )
+        loss, _, _ = distillation_loss(
+            predictions["logits"],
+            predictions["teacher_logits"],
+            tokens_eos,
+            mask,
+            weight=self.hparams.distill_weight,
+            temperature=self.hparams.distill_temperature,
+            label_smoothing=getattr(self.hparams, "label_smoothing", 0.0),
+        )
+        return loss
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+BRAINS = {
+    "expert": ExpertBrain,
+    "multilingual_lora": MultilingualBrain,
+    "full_finetune": FullFinetuneBrain,
+    "fuse": FusionBrain,
+    "distill": DistillBrain,
+}

@@ -1,0 +1,230 @@
+"""Fusion gates that weigh frozen language experts per utterance.
+
+``UtteranceGate`` pools encoder features over the valid frames of each
+utterance (mean and standard deviation), and maps them to one logit per
+expert. Because experts are languages, the logits double as language
+identification: an optional auxiliary cross-entropy teaches them, and the
+language-agnostic scenario can read the language off them. In the
+language-aware scenario the gate also sees the known language (a learned
+embedding added to the pooled features), so it can still learn to borrow
+from related languages' experts.
+
+The token/layer-level variant lives in ``LoRAExpertsLinear.add_token_gate``
+(every adapted layer mixes experts per token from its own input).
+
+Authors
+ * speechbrain-lora-experts developers 2026
+"""
+
+import torch
+import torch.nn as nn
+
+
+def valid_frame_mask(n_frames, valid_fraction):
+    """``[B, n_frames]`` mask of frames that hold audio.
+
+    Arguments
+    ---------
+    n_frames : int
+        Encoder frames of the (padded) window.
+    valid_fraction : torch.Tensor
+        ``[B]`` fraction of the window covered by each utterance.
+
+    Example
+    -------
+    >>> valid_frame_mask(4, torch.tensor([0.5, 1.0])).int().tolist()
+    [[1, 1, 0, 0], [1, 1, 1, 1]]
+    """
+    frames = (valid_fraction.clamp(0, 1) * n_frames).ceil().clamp(min=1)
+    positions = torch.arange(n_frames, device=valid_fraction.device)
+    return positions.unsqueeze(0) < frames.unsqueeze(1)
+
+
+def masked_stats_pool(features, mask):
+    """Mean and standard deviation over valid frames, ``[B, 2 * D]``."""
+    weights = mask.unsqueeze(-1).to(features.dtype)
+    count = weights.sum(dim=1).clamp(min=1)
+    mean = (features * weights).sum(dim=1) / count
+    var = ((features - mean.unsqueeze(1)) ** 2 * weights).sum(dim=1) / count
+    return torch.cat([mean, var.clamp(min=1e-8).sqrt()], dim=-1)
+
+
+class UtteranceGate(nn.Module):
+    """Utterance-level fusion gate with language-identification logits.
+
+    Arguments
+    ---------
+    input_size : int
+        Feature size (Whisper's ``d_model``).
+    n_experts : int
+        Number of experts (= languages, in the same order).
+    hidden_size : int
+        Width of the gate's hidden layer.
+    temperature : float
+        Softmax temperature of the mixing weights.
+    top_k : int or None
+        Keep the k largest weights (renormalised); k=1 routes hard, which
+        makes fused decoding cost one LoRA.
+    language_aware : bool
+        Condition on the known language (``forward(..., language=...)``).
+    dropout : float
+        Dropout before the output layer.
+
+    Example
+    -------
+    >>> gate = UtteranceGate(8, 3, hidden_size=16, top_k=2)
+    >>> features = torch.randn(2, 10, 8)
+    >>> weights, logits = gate(features, torch.tensor([1.0, 0.5]))
+    >>> weights.shape, logits.shape
+    (torch.Size([2, 3]), torch.Size([2, 3]))
+    >>> (weights > 0).sum(dim=1).tolist()
+    [2, 2]
+    """
+
+    def __init__(
+        self,
+        input_size,
+        n_experts,
+        hidden_size=256,
+        temperature=1.0,
+        top_k=None,
+        language_aware=False,
+        dropout=0.1,
+    ):
+        super().__init__()
+        self.n_experts = n_experts
+        self.temperature = temperature
+        self.top_k = top_k
+        self.norm = nn.LayerNorm(2 * input_size)
+        self.hidden = nn.Linear(2 * input_size, hidden_size)
+        self.language_embedding = (
+            nn.Embedding(n_experts, hidden_size) if language_aware else None
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.output = nn.Linear(hidden_size, n_experts)
+
+    @classmethod
+    def for_whisper(cls, whisper, n_experts, **kwargs):
+        """A gate sized for ``whisper``'s hidden size (for HyperPyYAML)."""
+        from speechbrain_lora_experts.attach import whisper_model
+
+        size = whisper_model(whisper).config.d_model
+        return cls(size, n_experts, **kwargs)
+
+    @property
+    def language_aware(self):
+        """Whether the gate is told the language."""
+        return self.language_embedding is not None
+
+    def logits(self, features, valid_fraction, language=None):
+        """Expert/language logits ``[B, N]``."""
+        mask = valid_frame_mask(features.shape[1], valid_fraction)
+        pooled = self.norm(masked_stats_pool(features, mask))
+        hidden = self.hidden(pooled)
+        if self.language_aware:
+            if language is None:
+                raise ValueError("a language-aware gate needs language=")
+            hidden = hidden + self.language_embedding(language)
+        return self.output(self.dropout(torch.relu(hidden)))
+
+    def weights_from_logits(self, logits):
+        """Softmax with temperature, then optional top-k renormalisation."""
+        weights = torch.softmax(logits / self.temperature, dim=-1)
+        if self.top_k is not None and self.top_k < self.n_experts:
+            top = weights.topk(self.top_k, dim=-1)
+            sparse = torch.zeros_like(weights).scatter(
+                -1, top.indices, top.values
+            )
+            weights = sparse / sparse.sum(dim=-1, keepdim=True)
+        return weights
+
+    def forward(self, features, valid_fraction, language=None):
+        """Mixing weights ``[B, N]`` and logits ``[B, N]``.
+
+        Arguments
+        ---------
+        features : torch.Tensor
+            ``[B, T, D]`` encoder features.
+        valid_fraction : torch.Tensor
+            ``[B]`` fraction of the T frames holding audio.
+        language : torch.LongTensor
+            ``[B]`` expert index of the known language (aware gates only).
+        """
+        logits = self.logits(features, valid_fraction, language)
+        return self.weights_from_logits(logits), logits
+
+
+class GateTap:
+    """Feeds an ``UtteranceGate`` from inside Whisper's encoder.
+
+    The gate reads the hidden states entering the first encoder layer the
+    experts adapt: everything before that layer is the frozen base, so the
+    features do not depend on the gate's own decision and no extra encoder
+    pass is needed. When the experts adapt no encoder layer, the gate reads
+    the encoder output instead (also free). The tap sets the experts' mixing
+    weights in place, before any adapted layer runs.
+
+    Arguments
+    ---------
+    whisper : torch.nn.Module
+        Whisper (SpeechBrain wrapper or HF model) carrying ``experts``.
+    experts : WhisperLoRAExperts
+        The frozen expert pool.
+    gate : UtteranceGate
+        The gate.
+    """
+
+    def __init__(self, whisper, experts, gate):
+        from speechbrain_lora_experts.attach import whisper_model
+
+        encoder = whisper_model(whisper).encoder
+        adapted = sorted(
+            int(name.split(".")[2])
+            for name in experts.layers
+            if name.startswith("encoder.")
+        )
+        self.experts = experts
+        self.gate = gate
+        self.layer = adapted[0] if adapted else None
+        if self.layer is None:
+            self.handle = encoder.register_forward_hook(self._after_encoder)
+        else:
+            self.handle = encoder.layers[self.layer].register_forward_pre_hook(
+                self._before_layer
+            )
+        self.valid_fraction = None
+        self.language = None
+        self.weights = None
+        self.logits = None
+
+    def prepare(self, valid_fraction, language=None):
+        """Sets what the next encoder pass needs, and routes base-only.
+
+        Arguments
+        ---------
+        valid_fraction : torch.Tensor
+            ``[B]`` fraction of the encoder window holding audio.
+        language : torch.LongTensor
+            ``[B]`` known language index (language-aware gates).
+        """
+        self.valid_fraction = valid_fraction
+        self.language = language
+        self.experts.off()
+
+    def _route(self, hidden):
+        if self.valid_fraction is None:
+            raise RuntimeError("call GateTap.prepare() before the forward")
+        self.weights, self.logits = self.gate(
+            hidden, self.valid_fraction.to(hidden.device), self.language
+        )
+        self.experts.mix(self.weights)
+
+    def _before_layer(self, module, args):
+        self._route(args[0])
+
+    def _after_encoder(self, module, args, output):
+        self._route(output.last_hidden_state)
+
+    def remove(self):
+        """Detaches the hook."""
+        self.handle.remove()

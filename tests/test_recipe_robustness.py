@@ -1,0 +1,163 @@
+"""Exact resume after a mid-epoch interruption, and DDP on CPU (gloo)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(ROOT, "recipes", "CommonVoice", "ASR", "lora_experts")
+
+# Runs train.py, raising KeyboardInterrupt inside the N-th training step.
+CRASHING_RUN = """
+import runpy, sys
+import speechbrain as sb
+limit = int(sys.argv.pop(1))
+original = sb.Brain.fit_batch
+calls = {"n": 0}
+def fit_batch(self, batch):
+    calls["n"] += 1
+    if calls["n"] == limit:
+        raise KeyboardInterrupt("simulated interruption")
+    return original(self, batch)
+sb.Brain.fit_batch = fit_batch
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, tiny_whisper_dir):
+    from speechbrain_lora_experts.data.demo import build_demo_corpus
+
+    root = tmp_path_factory.mktemp("robust")
+    build_demo_corpus(
+        root / "corpus",
+        ["de"],
+        per_split=(5, 2, 2),
+        seed=4,
+        formats=("common_voice",),
+        speakers=2,
+        progress=False,
+    )
+    return root
+
+
+def flags(root, whisper, out, *extra):
+    given = {flag.split("=")[0] for flag in extra}
+    defaults = [
+        f
+        for f in ("--number_of_epochs=2", "--lr=0.01")
+        if f.split("=")[0] not in given
+    ]
+    return [
+        os.path.join(RECIPE, "hparams", "expert.yaml"),
+        "--language=de",
+        f"--data_folder={root / 'corpus' / 'common_voice'}",
+        f"--whisper_hub={whisper}",
+        f"--whisper_save_folder={root / 'hub_cache'}",
+        f"--output_folder={out}",
+        f"--expert_pool={out / 'pool'}",
+        "--batch_size=1",
+        "--encoder_window_s=10",
+        "--device=cpu",
+        "--precision=fp32",
+        *defaults,
+        *extra,
+    ]
+
+
+def run(command):
+    result = subprocess.run(
+        command,
+        cwd=RECIPE,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
+    return result
+
+
+def adapter(out):
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "pool" / "de" / "adapter_model.safetensors"))
+
+
+def test_interrupted_run_resumes_to_the_same_weights(corpus, tiny_whisper_dir):
+    train = os.path.join(RECIPE, "train.py")
+    straight = corpus / "straight"
+    result = run(
+        [sys.executable, train]
+        + flags(corpus, tiny_whisper_dir, straight, "--ckpt_interval_steps=1")
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    resumed = corpus / "resumed"
+    args = flags(corpus, tiny_whisper_dir, resumed, "--ckpt_interval_steps=1")
+    # Step 8 of 10: in the middle of the second epoch.
+    crashed = run([sys.executable, "-c", CRASHING_RUN, "8", train] + args)
+    assert crashed.returncode != 0
+    assert not (resumed / "pool" / "de").exists()
+    result = run([sys.executable, train] + args)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    first, second = adapter(straight), adapter(resumed)
+    assert first.keys() == second.keys()
+    for key in first:
+        torch.testing.assert_close(second[key], first[key], rtol=0, atol=1e-6)
+    # And it really trained.
+    assert any(first[k].abs().sum() > 0 for k in first if "lora_B" in k)
+
+
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None
+    and not os.path.exists(
+        os.path.join(os.path.dirname(sys.executable), "torchrun")
+    ),
+    reason="torchrun not installed",
+)
+def test_two_gloo_processes_match_one_process(corpus, tiny_whisper_dir):
+    train = os.path.join(RECIPE, "train.py")
+    # lr 0: both runs evaluate the same model, so only evaluation under DDP
+    # (sharding, duplicates, gathering) can make the metrics differ.
+    single = corpus / "single"
+    result = run(
+        [sys.executable, train]
+        + flags(
+            corpus, tiny_whisper_dir, single, "--lr=0", "--number_of_epochs=1"
+        )
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = corpus / "ddp"
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    result = run(
+        [torchrun, "--nproc_per_node=2", "--master_port=29561", train]
+        + flags(
+            corpus,
+            tiny_whisper_dir,
+            ddp,
+            "--lr=0",
+            "--number_of_epochs=1",
+            "--distributed_backend=gloo",
+        )
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = json.loads((single / "metrics.json").read_text())
+    two = json.loads((ddp / "metrics.json").read_text())
+    assert one["per_language"]["de"] == two["per_language"]["de"]
+    assert one["macro"] == two["macro"]
+    log_one = (single / "train_log.txt").read_text().splitlines()
+    log_two = (ddp / "train_log.txt").read_text().splitlines()
+    valid = [
+        line.split("valid loss:")[1] for line in log_one if "valid" in line
+    ]
+    valid_ddp = [
+        line.split("valid loss:")[1] for line in log_two if "valid" in line
+    ]
+    assert valid == valid_ddp
