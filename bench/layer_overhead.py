@@ -59,17 +59,6 @@ def load_model(path):
     return WhisperModel.from_pretrained(path).eval(), path
 
 
-def time_forward(model, mel, tokens, repeats):
-    times = []
-    with torch.no_grad():
-        model(input_features=mel, decoder_input_ids=tokens)  # warm-up
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(input_features=mel, decoder_input_ids=tokens)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times), times
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--whisper", default=None)
@@ -85,16 +74,14 @@ def main():
     model, name = load_model(args.whisper)
     mel = torch.randn(args.batch, model.config.num_mel_bins, 3000)
     tokens = torch.randint(0, 50000, (args.batch, args.tokens))
-    rows = []
-    plain, plain_all = time_forward(model, mel, tokens, args.repeats)
-    rows.append(dict(system="plain Whisper", n_experts=0, seconds=plain))
-    experts = None
-    for n in [int(n) for n in args.experts.split(",")]:
-        if experts is not None:
-            # Detach the previous pool: reload a clean model.
-            model, _ = load_model(args.whisper)
+    # Every configuration is its own model, timed in interleaved rounds so
+    # that load changes on the machine hit all of them alike.
+    systems = [("plain Whisper", 0, model)]
+    counts = [int(n) for n in args.experts.split(",")]
+    for n in counts:
+        routed, _ = load_model(args.whisper)
         experts = WhisperLoRAExperts(
-            model,
+            routed,
             n_experts=n,
             rank=args.rank,
             alpha=2 * args.rank,
@@ -103,23 +90,39 @@ def main():
         with torch.no_grad():
             for p in experts.parameters():
                 p.normal_(0, 0.01)
-        index = torch.arange(args.batch) % n  # distinct experts per utterance
-        experts.route(index)
-        seconds, _ = time_forward(model, mel, tokens, args.repeats)
-        rows.append(
-            dict(system=f"routed, {n} experts", n_experts=n, seconds=seconds)
-        )
-        if n == max(int(k) for k in args.experts.split(",")):
-            weights = torch.softmax(torch.randn(args.batch, n), dim=-1)
-            experts.mix(weights)
-            seconds, _ = time_forward(model, mel, tokens, args.repeats)
-            rows.append(
-                dict(
-                    system=f"dense mix, {n} experts",
-                    n_experts=n,
-                    seconds=seconds,
-                )
+        # Distinct experts per utterance: a mixed-language batch.
+        experts.route(torch.arange(args.batch) % n)
+        systems.append((f"routed, {n} experts", n, routed))
+        if n == max(counts):
+            mixed, _ = load_model(args.whisper)
+            pool = WhisperLoRAExperts(
+                mixed,
+                n_experts=n,
+                rank=args.rank,
+                alpha=2 * args.rank,
+                targets=["q_proj", "v_proj", "fc1", "fc2"],
             )
+            pool.mix(torch.softmax(torch.randn(args.batch, n), dim=-1))
+            systems.append((f"dense mix, {n} experts", n, mixed))
+    times = {name: [] for name, _, _ in systems}
+    with torch.no_grad():
+        for name, _, net in systems:  # warm-up
+            net(input_features=mel, decoder_input_ids=tokens)
+        for _ in range(args.repeats):
+            for name, _, net in systems:
+                start = time.perf_counter()
+                net(input_features=mel, decoder_input_ids=tokens)
+                times[name].append(time.perf_counter() - start)
+    rows = [
+        dict(
+            system=name,
+            n_experts=n,
+            seconds=statistics.median(times[name]),
+            all_seconds=times[name],
+        )
+        for name, n, _ in systems
+    ]
+    plain = rows[0]["seconds"]
     for row in rows:
         row["ratio_vs_plain"] = row["seconds"] / plain
     result = dict(
@@ -151,7 +154,8 @@ def main():
         f.write(
             f"Forward of {name}, batch {args.batch}, {args.tokens} decoder "
             f"tokens, 30 s window, LoRA r={args.rank} on q/v/fc1/fc2, "
-            f"{result['threads']} CPU threads, median of {args.repeats}.\n\n"
+            f"{result['threads']} CPU threads, median of {args.repeats} "
+            "interleaved rounds.\n\n"
             + table
             + "\n"
         )
