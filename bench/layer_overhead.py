@@ -155,9 +155,7 @@ def main():
             f"Forward of {name}, batch {args.batch}, {args.tokens} decoder "
             f"tokens, 30 s window, LoRA r={args.rank} on q/v/fc1/fc2, "
             f"{result['threads']} CPU threads, median of {args.repeats} "
-            "interleaved rounds.\n\n"
-            + table
-            + "\n"
+            "interleaved rounds.\n\n" + table + "\n"
         )
     print(table)
 
