@@ -71,7 +71,7 @@ def main():
     args = parser.parse_args()
 
     torch.set_num_threads(os.cpu_count() or 1)
-    model, name = load_model(args.whisper)
+    model, model_name = load_model(args.whisper)
     mel = torch.randn(args.batch, model.config.num_mel_bins, 3000)
     tokens = torch.randint(0, 50000, (args.batch, args.tokens))
     # Every configuration is its own model, timed in interleaved rounds so
@@ -127,7 +127,7 @@ def main():
         row["ratio_vs_plain"] = row["seconds"] / plain
     result = dict(
         benchmark="layer_overhead",
-        model=name,
+        model=model_name,
         batch=args.batch,
         decoder_tokens=args.tokens,
         encoder_window_s=30,
@@ -152,7 +152,7 @@ def main():
     table = "\n".join(lines)
     with open(os.path.join(args.out, "layer_overhead.md"), "w") as f:
         f.write(
-            f"Forward of {name}, batch {args.batch}, {args.tokens} decoder "
+            f"Forward of {model_name}, batch {args.batch}, {args.tokens} decoder "
             f"tokens, 30 s window, LoRA r={args.rank} on q/v/fc1/fc2, "
             f"{result['threads']} CPU threads, median of {args.repeats} "
             "interleaved rounds.\n\n" + table + "\n"
