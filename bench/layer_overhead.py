@@ -152,7 +152,8 @@ def main():
     table = "\n".join(lines)
     with open(os.path.join(args.out, "layer_overhead.md"), "w") as f:
         f.write(
-            f"Forward of {model_name}, batch {args.batch}, {args.tokens} decoder "
+            f"Forward of {model_name}, batch {args.batch}, "
+            f"{args.tokens} decoder "
             f"tokens, 30 s window, LoRA r={args.rank} on q/v/fc1/fc2, "
             f"{result['threads']} CPU threads, median of {args.repeats} "
             "interleaved rounds.\n\n" + table + "\n"
