@@ -897,7 +897,6 @@ def build_demo_corpus(
     bar = tqdm(
         total=len(clips), desc="demo corpus", unit="clip", disable=not progress
     )
-    written = {}  # tar archives are assembled after rendering
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for clip, (data, n_samples, rate) in zip(
             clips, pool.map(_render, clips)
@@ -907,8 +906,8 @@ def build_demo_corpus(
                 os.makedirs(os.path.dirname(clip["path"]), exist_ok=True)
                 with open(clip["path"], "wb") as f:
                     f.write(data)
-            else:
-                written[id(clip)] = data
+            else:  # archived with its split below
+                clip["wav"] = data
             bar.update()
     bar.close()
 
@@ -918,7 +917,7 @@ def build_demo_corpus(
         if table["format"] == "common_voice":
             counts = _write_common_voice(table, cv_schema, seed)
         else:
-            counts = _write_fleurs(table, fleurs_ids, written)
+            counts = _write_fleurs(table, fleurs_ids)
         entry = dict(folder=table["folder"], rows=counts)
         entry["locale" if table["format"] == "common_voice" else "code"] = (
             table["name"]
@@ -990,7 +989,7 @@ def _write_common_voice(table, schema, seed):
     }
 
 
-def _write_fleurs(table, ids, audio):
+def _write_fleurs(table, ids):
     counts = {}
     os.makedirs(os.path.join(table["folder"], "audio"), exist_ok=True)
     for split in SPLITS:
@@ -1011,7 +1010,7 @@ def _write_fleurs(table, ids, audio):
             )
         _write_tsv(os.path.join(table["folder"], f"{split}.tsv"), None, rows)
         archive = os.path.join(table["folder"], "audio", f"{split}.tar.gz")
-        _write_tar(archive, [(c["path"], audio[id(c)]) for c in clips])
+        _write_tar(archive, [(c["path"], c["wav"]) for c in clips])
         counts[split] = len(rows)
     return counts
 
