@@ -17,6 +17,7 @@ Authors
 
 import re
 
+import torch
 import torch.nn as nn
 
 from speechbrain_lora_experts.experts import ExpertRouting, LoRAExpertsLinear
@@ -334,6 +335,27 @@ class WhisperLoRAExperts(nn.Module):
             expert = self._index(expert)
         for layer in self.layers.values():
             layer.merge(expert=expert, weights=weights)
+        self.routing.off()
+
+    def merge_static(self, method="linear", **kwargs):
+        """Merges all experts into Whisper without training.
+
+        Arguments
+        ---------
+        method : str
+            ``linear`` (uniform average, or ``weights=[...]``) or ``ties``
+            (``density=``, ``scale=``); see ``merging.py``.
+        **kwargs
+            Passed to the merge function.
+        """
+        from speechbrain_lora_experts.merging import MERGES
+
+        if method not in MERGES:
+            raise ValueError(f"method must be one of {sorted(MERGES)}")
+        with torch.no_grad():
+            for layer in self.layers.values():
+                deltas = [e.delta_weight() for e in layer.experts]
+                layer.merge_delta(MERGES[method](deltas, **kwargs))
         self.routing.off()
 
     def unmerge(self):

@@ -299,14 +299,22 @@ class FullFinetuneBrain(WhisperExpertsBrain):
 
 
 class FusionBrain(WhisperExpertsBrain):
-    """Frozen experts combined per utterance by a trained gate.
+    """Frozen experts combined per utterance.
 
-    The utterance-level gate reads the hidden states entering the first
-    encoder layer the experts adapt (or the encoder output when they adapt
-    none), so it always sees base-model features and costs no extra encoder
-    pass. ``gate_level: token`` uses per-layer token gates instead.
-    Hparams: ``gate`` (an ``UtteranceGate``), ``gate_level``,
-    ``lid_loss_weight``, ``lid_source`` (gate/decoder, agnostic scenario).
+    ``fusion`` selects how:
+
+    * ``gate`` (trained): the utterance-level gate reads the hidden states
+      entering the first encoder layer the experts adapt (or the encoder
+      output when they adapt none), so it always sees base-model features
+      and costs no extra encoder pass; ``gate_level: token`` uses per-layer
+      token gates instead;
+    * ``oracle``: each utterance goes through its true language's expert
+      (an upper bound, not a deployable system);
+    * ``linear`` / ``ties``: a static, training-free merge of all experts
+      into the weights (``ties_density``).
+
+    Hparams: ``gate``, ``gate_level``, ``lid_loss_weight``, ``lid_source``
+    (gate/decoder, agnostic scenario), ``fusion``, ``ties_density``.
     """
 
     def __init__(self, *args, **kwargs):
@@ -317,45 +325,73 @@ class FusionBrain(WhisperExpertsBrain):
                 getattr(self.hparams, "gate_temperature", 1.0)
             )
 
-    def on_fit_start(self):
-        """Installs the gate tap."""
-        self._install_tap()
-        super().on_fit_start()
-
-    def on_evaluate_start(self, max_key=None, min_key=None):
-        """Installs the gate tap (when only evaluating)."""
-        super().on_evaluate_start(max_key=max_key, min_key=min_key)
-        self._install_tap()
+    @property
+    def fusion(self):
+        """How the experts are combined."""
+        return getattr(self.hparams, "fusion", "gate")
 
     @property
     def token_level(self):
         """Whether per-layer token gates mix the experts."""
-        return getattr(self.hparams, "gate_level", "utterance") == "token"
+        level = getattr(self.hparams, "gate_level", "utterance")
+        return self.fusion == "gate" and level == "token"
 
-    def _install_tap(self):
-        if getattr(self, "_tap", None) is not None or self.token_level:
+    @property
+    def uses_tap(self):
+        """Whether the utterance gate routes."""
+        return self.fusion == "gate" and not self.token_level
+
+    def on_fit_start(self):
+        """Installs the gate tap or merges statically."""
+        self._prepare_fusion()
+        super().on_fit_start()
+
+    def on_evaluate_start(self, max_key=None, min_key=None):
+        """Installs the gate tap or merges (when only evaluating)."""
+        super().on_evaluate_start(max_key=max_key, min_key=min_key)
+        self._prepare_fusion()
+
+    def _prepare_fusion(self):
+        if self.fusion in ("linear", "ties"):
+            if not self.experts.merged:
+                kwargs = {}
+                if self.fusion == "ties":
+                    kwargs["density"] = getattr(
+                        self.hparams, "ties_density", 0.2
+                    )
+                self.experts.merge_static(self.fusion, **kwargs)
             return
-        from speechbrain_lora_experts.gate import GateTap
+        if self.fusion not in ("gate", "oracle"):
+            raise ValueError(
+                f"fusion must be gate, oracle, linear or ties; got "
+                f"{self.fusion!r}"
+            )
+        if self.uses_tap and getattr(self, "_tap", None) is None:
+            from speechbrain_lora_experts.gate import GateTap
 
-        self._tap = GateTap(self.whisper, self.experts, self.hparams.gate)
+            self._tap = GateTap(self.whisper, self.experts, self.hparams.gate)
 
     def set_routing(self, batch, stage):
-        """Token gates, or the utterance gate fed at the tap."""
-        if self.token_level:
+        """Gate (utterance or token), oracle routing, or nothing (merged)."""
+        if self.fusion == "oracle":
+            self.experts.route(self.lang_ids(batch))
+        elif self.token_level:
             self.experts.use_token_gates()
-            return
-        wavs, wav_lens = batch.sig
-        self._tap.prepare(
-            valid_fraction=wav_lens
-            * wavs.shape[1]
-            / self.whisper.window_samples,
-            language=self.lang_ids(batch) if self.language_aware else None,
-        )
+        elif self.uses_tap:
+            wavs, wav_lens = batch.sig
+            self._tap.prepare(
+                valid_fraction=wav_lens
+                * wavs.shape[1]
+                / self.whisper.window_samples,
+                language=self.lang_ids(batch) if self.language_aware else None,
+            )
+        else:
+            self.experts.off()
 
     def compute_forward(self, batch, stage):
         """Adds the gate's weights and logits to the predictions."""
         predictions = super().compute_forward(batch, stage)
-        if not self.token_level:
+        if self.uses_tap:
             predictions["gate_logits"] = self._tap.logits
             predictions["gate_weights"] = self._tap.weights
         return predictions
@@ -363,7 +399,7 @@ class FusionBrain(WhisperExpertsBrain):
     def predicted_languages(self, batch, enc):
         """In the agnostic scenario the gate can name the language."""
         source = getattr(self.hparams, "lid_source", "gate")
-        if self.language_aware or self.token_level or source != "gate":
+        if self.language_aware or not self.uses_tap or source != "gate":
             return super().predicted_languages(batch, enc)
         best = self._tap.logits.argmax(dim=-1).tolist()
         return [self.languages[i] for i in best]
@@ -371,7 +407,7 @@ class FusionBrain(WhisperExpertsBrain):
     def extra_loss(self, predictions, batch, stage):
         """Auxiliary language-identification loss on the gate's logits."""
         weight = getattr(self.hparams, "lid_loss_weight", 0.0)
-        if self.token_level or not weight:
+        if not self.uses_tap or not weight:
             return super().extra_loss(predictions, batch, stage)
         return weight * torch.nn.functional.cross_entropy(
             predictions["gate_logits"], self.lang_ids(batch)
@@ -394,11 +430,16 @@ class FusionBrain(WhisperExpertsBrain):
     def write_metrics(self, stats):
         """Adds the mean gate weights per true language."""
         super().write_metrics(stats)
+        if not self.gate_sums:
+            return
         table = {
             lang: dict(zip(self.languages, (total / count).tolist()))
             for lang, (total, count) in self.gate_sums.items()
         }
-        path = os.path.join(self.hparams.output_folder, "gate_weights.json")
+        prefix = getattr(self, "metrics_prefix", "")
+        path = os.path.join(
+            self.hparams.output_folder, f"{prefix}gate_weights.json"
+        )
         with open(path, "w", encoding="utf-8") as f:
             json.dump(table, f, indent=2)
 

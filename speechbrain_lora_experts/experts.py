@@ -367,9 +367,18 @@ class LoRAExpertsLinear(nn.Module):
 
         The original weight is kept so ``unmerge`` restores it bit-exactly.
         """
+        self.merge_delta(self.delta_weight(expert=expert, weights=weights))
+
+    @torch.no_grad()
+    def merge_delta(self, delta):
+        """Adds any dense update ``[out, in]`` (e.g. a TIES merge)."""
         if self.merged:
             raise RuntimeError("already merged; call unmerge() first")
-        delta = self.delta_weight(expert=expert, weights=weights)
+        if delta.shape != self.base.weight.shape:
+            raise ValueError(
+                f"update of shape {tuple(delta.shape)} does not fit weight "
+                f"{tuple(self.base.weight.shape)}"
+            )
         self._merged_from = self.base.weight.detach().clone()
         self.base.weight.add_(delta.to(self.base.weight.dtype))
 

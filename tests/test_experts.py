@@ -172,3 +172,27 @@ def test_merge_and_unmerge_round_trip_exactly():
     assert torch.equal(layer.base.weight, original)
     with pytest.raises(RuntimeError, match="nothing is merged"):
         layer.unmerge()
+
+
+def test_static_merges():
+    from speechbrain_lora_experts.merging import linear_merge, ties_merge
+
+    layer, routing = make_layer()
+    x = torch.randn(2, 3, 12)
+    deltas = [e.delta_weight().detach() for e in layer.experts]
+    routing.mix(torch.full((2, 3), 1 / 3))
+    mixed = layer(x)
+    layer.merge_delta(linear_merge(deltas))
+    routing.off()
+    torch.testing.assert_close(layer(x), mixed, atol=1e-5, rtol=1e-5)
+    layer.unmerge()
+    merged = ties_merge(deltas, density=0.5)
+    # Kept entries agree in sign with the elected sign; half are trimmed.
+    elected = torch.sign(sum(
+        torch.where(d.abs() >= d.abs().flatten().kthvalue(
+            d.numel() - d.numel() // 2 + 1).values, d, torch.zeros_like(d))
+        for d in deltas
+    ))
+    assert bool(((torch.sign(merged) == elected) | (merged == 0)).all())
+    with pytest.raises(ValueError, match="does not fit"):
+        layer.merge_delta(torch.zeros(3, 3))
