@@ -29,14 +29,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 
+from speechbrain_lora_experts.recipe_runner import load_metrics, run_recipe
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-RECIPE = os.path.join(
-    os.path.dirname(HERE), "recipes", "CommonVoice", "ASR", "lora_experts"
-)
 SCENARIOS = {"aware": True, "agnostic": False}
 # system -> (hparams file, extra overrides); epochs=None means the setting's.
 SYSTEMS = {
@@ -59,10 +56,9 @@ SETTINGS = {
 }
 
 
-def run_recipe(args, hparams, out, overrides, log):
-    """Runs train.py unless ``out`` already holds its results."""
+def run_one(args, hparams, out, overrides, log):
+    """One recipe run with the setting's values, unless already done."""
     if os.path.isfile(os.path.join(out, "metrics.json")):
-        log.write(f"skip (done): {out}\n")
         return 0.0
     if args.collect_only:
         return None
@@ -83,24 +79,7 @@ def run_recipe(args, hparams, out, overrides, log):
     if args.max_utterances:
         values["max_utterances"] = args.max_utterances
     values.update(overrides)
-    command = [sys.executable, "train.py", f"hparams/{hparams}"]
-    command += [f"--{k}={_yaml(v)}" for k, v in values.items()]
-    command += [f"--device={args.device}"]
-    if args.device == "cpu":
-        command += ["--precision=fp32"]
-    log.write(" ".join(command) + "\n")
-    log.flush()
-    start = time.time()
-    subprocess.run(command, cwd=RECIPE, check=True, stdout=log, stderr=log)
-    return time.time() - start
-
-
-def _yaml(value):
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(str(v) for v in value) + "]"
-    return str(value)
+    return run_recipe(hparams, values, log=log, device=args.device)
 
 
 def run_all(args):
@@ -114,7 +93,7 @@ def run_all(args):
             pool = os.path.join(root, "pool")
             for lang in args.languages:
                 key = f"expert_{lang}/seed{seed}"
-                timings[key] = run_recipe(
+                timings[key] = run_one(
                     args,
                     "expert.yaml",
                     os.path.join(root, f"expert_{lang}"),
@@ -141,20 +120,11 @@ def run_all(args):
                     ):
                         # No gate exists to name the language.
                         overrides["lid_source"] = "decoder"
-                    seconds = run_recipe(args, hparams, out, overrides, log)
+                    seconds = run_one(args, hparams, out, overrides, log)
                     timings[f"{system}_{scenario}/seed{seed}"] = seconds
                     if os.path.isfile(os.path.join(out, "metrics.json")):
                         runs.setdefault((system, scenario), []).append(out)
     return runs, timings
-
-
-def load_metrics(folder, prefix=""):
-    """A run's metrics, or None when that test set was not evaluated."""
-    path = os.path.join(folder, f"{prefix}metrics.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def summarise(runs, languages):
