@@ -2,10 +2,18 @@
 
 * the expert recipe adds its expert to the pool: ``<expert_pool>/<lang>/``
   (a PEFT adapter folder);
-* every run writes ``<output_folder>/model/``: its experts (or student) as
-  PEFT folders under ``experts/``, the fusion gate as safetensors,
-  fully finetuned weights as an HF Whisper folder, and ``model.json``
-  saying how to assemble them (read by the pretrained interface).
+* every run writes a model folder, ``<output_folder>/model/``: its experts
+  (or student) as PEFT folders under ``experts/``, the fusion gate as
+  safetensors, fully finetuned weights as an HF Whisper folder,
+  ``model.json`` saying how to assemble them, and ``hyperparams.yaml``, the
+  HyperPyYAML that ``speechbrain_lora_experts.inference.LoRAExpertsASR
+  .from_hparams`` builds the model from.
+
+``export_model`` writes a model folder from the objects themselves (no
+Brain needed); ``export_run`` calls it with a finished run's hparams. The
+``hyperparams.yaml`` is one of the templates of the top-level ``hparams/``
+folder with the values of its "filled by export" block replaced by the
+run's (``write_hyperparams``), so it stays a readable SpeechBrain yaml.
 
 Authors
  * speechbrain-lora-experts developers 2026
@@ -14,30 +22,381 @@ Authors
 import json
 import logging
 import os
+import re
 
+from speechbrain_lora_experts.languages import canonical_language
 from speechbrain_lora_experts.peft_io import save_expert
 
 logger = logging.getLogger(__name__)
 MODEL_INFO = "model.json"
+HPARAMS_FILE = "hyperparams.yaml"
 GATE_WEIGHTS = "gate.safetensors"
+TOKEN_GATE_WEIGHTS = "token_gates.safetensors"
+EXPERTS_DIR = "experts"
+WHISPER_DIR = "whisper"
+FORMAT_VERSION = 1
+SYSTEMS = ("expert", "multilingual_lora", "full_finetune", "fuse", "distill")
+FUSIONS = ("gate", "oracle", "linear", "ties")
+#: Where the hyperparams templates live (top-level ``hparams/``).
+TEMPLATE_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hparams"
+)
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def export_model(
+    folder,
+    system,
+    languages,
+    whisper_hub,
+    language_aware=True,
+    encoder_window_s=30.0,
+    experts=None,
+    expert_names=None,
+    gate=None,
+    fusion="gate",
+    ties_density=0.2,
+    lid_source="gate",
+    whisper=None,
+    whisper_save_folder="pretrained_models",
+    beam_size=1,
+    metadata=None,
+):
+    """Writes a model folder that ``LoRAExpertsASR.from_hparams`` loads.
+
+    Arguments
+    ---------
+    folder : str
+        Output folder (created; files of an earlier export are replaced).
+    system : str
+        ``expert``, ``multilingual_lora``, ``distill``, ``fuse`` or
+        ``full_finetune``. An ``expert`` model holding several experts is
+        an expert pool: each utterance is routed to its language's expert.
+    languages : list of str
+        The model's languages (the fusion gate's order).
+    whisper_hub : str
+        The base Whisper: a hub id, kept as is, or a local folder, stored
+        as an absolute path (the yaml is read from another directory).
+    language_aware : bool
+        The scenario the model was trained in (recorded).
+    encoder_window_s : float
+        Encoder window the model was trained with.
+    experts : WhisperLoRAExperts
+        The pool (every system but ``full_finetune``). With token-level
+        fusion its token gates are exported too.
+    expert_names : list of str
+        Experts to export (default: ``["student"]`` for ``distill``, every
+        expert otherwise).
+    gate : UtteranceGate
+        The utterance-level fusion gate (``fuse`` without token gates).
+    fusion : str
+        How a ``fuse`` model combines its experts: ``gate`` (the trained
+        utterance gate or token gates), ``oracle`` (each utterance through
+        its language's expert) or a static merge of all experts into the
+        weights, ``linear`` or ``ties`` (with ``ties_density``).
+    ties_density : float
+        Share of each expert update TIES keeps.
+    lid_source : str
+        Fusion, agnostic scenario: ``gate`` or ``decoder`` names the
+        language.
+    whisper : speechbrain_lora_experts.whisper.Whisper
+        The finetuned model (``full_finetune`` only).
+    whisper_save_folder : str
+        Download cache for a hub ``whisper_hub``.
+    beam_size : int
+        Default beam size of the pretrained interface (1: greedy).
+    metadata : dict
+        Extra JSON-serialisable information stored with every expert.
+
+    Returns
+    -------
+    str
+        The folder.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from speechbrain_lora_experts.attach import WhisperLoRAExperts
+    >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+    ...     make_tiny_whisper)
+    >>> from speechbrain_lora_experts.whisper import Whisper
+    >>> hub = make_tiny_whisper(tempfile.mkdtemp())
+    >>> whisper = Whisper(hub, tempfile.mkdtemp())
+    >>> pool = WhisperLoRAExperts(whisper, expert_names=["de", "es"], rank=2)
+    >>> out = export_model(tempfile.mkdtemp(), "expert", ["de", "es"], hub,
+    ...     experts=pool)
+    >>> sorted(os.listdir(out))
+    ['experts', 'hyperparams.yaml', 'model.json']
+    """
+    if system not in SYSTEMS:
+        raise ValueError(f"unknown system {system!r}; one of {SYSTEMS}")
+    if system == "fuse" and fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {FUSIONS}; got {fusion!r}")
+    if gate is not None and (system != "fuse" or fusion != "gate"):
+        raise ValueError(f"a {system} model with fusion={fusion} has no gate")
+    languages = [canonical_language(lang) for lang in languages]
+    if os.path.isdir(whisper_hub):
+        whisper_hub = os.path.abspath(whisper_hub)
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    # Leftovers of an earlier export would not match the new model.json.
+    for stale in (GATE_WEIGHTS, TOKEN_GATE_WEIGHTS):
+        if os.path.exists(os.path.join(folder, stale)):
+            os.remove(os.path.join(folder, stale))
+    info = {
+        "format_version": FORMAT_VERSION,
+        "system": system,
+        "languages": languages,
+        "language_aware": bool(language_aware),
+        "whisper_hub": whisper_hub,
+        "whisper_save_folder": os.fspath(whisper_save_folder),
+        "encoder_window_s": float(encoder_window_s),
+        "beam_size": int(beam_size),
+        "experts": [],
+    }
+    files = []
+    if system == "full_finetune":
+        if whisper is None:
+            raise ValueError("a full_finetune model needs whisper=")
+        files += _save_whisper(whisper, os.path.join(folder, WHISPER_DIR))
+        info["whisper_weights"] = WHISPER_DIR
+    else:
+        if experts is None:
+            raise ValueError(f"a {system} model needs experts=")
+        if expert_names is None:
+            expert_names = (
+                ["student"] if system == "distill" else experts.expert_names
+            )
+        for name in expert_names:
+            if not _SAFE_NAME.match(str(name)):
+                raise ValueError(f"expert name {name!r} is not a folder name")
+            sub = os.path.join(folder, EXPERTS_DIR, name)
+            save_expert(
+                experts,
+                name,
+                sub,
+                whisper_hub,
+                language=_language_of(name, languages),
+                metadata=metadata,
+            )
+            files += [
+                f"{EXPERTS_DIR}/{name}/{f}" for f in sorted(os.listdir(sub))
+            ]
+            info["experts"].append(name)
+    if system == "fuse":
+        info["fusion"] = fusion
+        names = [_language_of(name, languages) for name in info["experts"]]
+        if names != languages:
+            raise ValueError(
+                "a fuse model needs one expert per language, named like "
+                f"the languages, in order (experts {info['experts']}, "
+                f"languages {languages})"
+            )
+        if fusion == "gate":
+            info["lid_source"] = lid_source
+            files.append(_save_gates(folder, info, experts, gate))
+        elif fusion == "ties":
+            info["ties_density"] = float(ties_density)
+    info["files"] = files
+    with open(os.path.join(folder, MODEL_INFO), "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=2)
+    write_hyperparams(folder, info)
+    return folder
+
+
+def _save_whisper(whisper, whisper_dir):
+    """HF folder of a finetuned Whisper (safetensors), listed."""
+    whisper.model.save_pretrained(whisper_dir, safe_serialization=True)
+    whisper.tokenizer.save_pretrained(whisper_dir)
+    whisper.feature_extractor.save_pretrained(whisper_dir)
+    return [f"{WHISPER_DIR}/{f}" for f in sorted(os.listdir(whisper_dir))]
+
+
+def _save_gates(folder, info, experts, gate):
+    """Writes the utterance gate or the token gates; returns the file."""
+    from safetensors.torch import save_file
+
+    if gate is not None:
+        module, name = gate, GATE_WEIGHTS
+        info["gate_level"] = "utterance"
+        info["gate"] = {
+            "hidden_size": gate.hidden.out_features,
+            "temperature": gate.temperature,
+            "top_k": gate.top_k,
+            "language_aware": gate.language_aware,
+        }
+    elif experts.token_gates:
+        module, name = experts.token_gates, TOKEN_GATE_WEIGHTS
+        first = next(iter(experts.layers.values()))
+        info["gate_level"] = "token"
+        info["gate"] = {"temperature": first.token_gate_temperature}
+    else:
+        raise ValueError("a fuse model needs gate= or token gates")
+    state = {
+        k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()
+    }
+    save_file(state, os.path.join(folder, name))
+    return name
+
+
+def _language_of(name, languages):
+    """The model language an expert name stands for, or None."""
+    try:
+        code = canonical_language(name)
+    except ValueError:  # "student", "multilingual"
+        return None
+    return code if code in languages else None
+
+
+def template_for(info):
+    """Name of the ``hparams/`` template that builds the model of ``info``."""
+    if info["system"] == "full_finetune":
+        return "full_finetune_asr.yaml"
+    if info["system"] == "fuse" and info.get("fusion", "gate") == "gate":
+        if info.get("gate_level", "utterance") == "token":
+            return "token_fusion_asr.yaml"
+        return "fusion_asr.yaml"
+    return "lora_experts_asr.yaml"
+
+
+def hyperparams_values(info):
+    """The values ``write_hyperparams`` fills into the template.
+
+    Arguments
+    ---------
+    info : dict
+        Contents of ``model.json``.
+
+    Returns
+    -------
+    dict
+        Template key -> YAML text of the value.
+    """
+    values = {
+        "system": info["system"],
+        "languages": info["languages"],
+        "language_aware": info["language_aware"],
+        "whisper_hub": info["whisper_hub"],
+        "whisper_save_folder": info.get(
+            "whisper_save_folder", "pretrained_models"
+        ),
+        "encoder_window_s": info["encoder_window_s"],
+        "beam_size": info.get("beam_size", 1),
+    }
+    values = {key: json.dumps(value) for key, value in values.items()}
+    if info["system"] != "full_finetune":
+        values["expert_names"] = json.dumps(info["experts"])
+        # Resolved against the folder at load time (see LoRAExpertsASR).
+        values["expert_folders"] = (
+            "["
+            + ", ".join(
+                f"!ref <model_folder>/{EXPERTS_DIR}/{name}"
+                for name in info["experts"]
+            )
+            + "]"
+        )
+    fusion = info.get("fusion", "gate")
+    if info["system"] == "fuse" and fusion != "gate":
+        values["fusion"] = json.dumps(fusion)
+        values["ties_density"] = json.dumps(info.get("ties_density", 0.2))
+    elif info["system"] == "fuse":
+        gate = info["gate"]
+        values["gate_temperature"] = json.dumps(gate["temperature"])
+        lid_source = info.get("lid_source", "gate")
+        if info.get("gate_level", "utterance") == "token":
+            # Token gates give no utterance logits to name the language.
+            lid_source = "decoder"
+        values["lid_source"] = json.dumps(lid_source)
+        if info.get("gate_level", "utterance") == "utterance":
+            values["gate_hidden_size"] = json.dumps(gate["hidden_size"])
+            values["gate_top_k"] = json.dumps(gate["top_k"])
+            values["gate_language_aware"] = json.dumps(gate["language_aware"])
+    return values
+
+
+def fill_template(text, values):
+    """Replaces the value of each top-level ``key:`` line of ``text``.
+
+    Arguments
+    ---------
+    text : str
+        A HyperPyYAML template; every key of ``values`` must appear exactly
+        once as a top-level ``key: value`` line.
+    values : dict
+        Key -> YAML text (flow style, one line).
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> fill_template("a: 1\\nb: [x]  # note\\n", {"b": '["de", "es"]'})
+    'a: 1\\nb: ["de", "es"]\\n'
+    """
+    for key, value in values.items():
+        pattern = re.compile(rf"^{re.escape(key)}:[^\n]*$", re.MULTILINE)
+        if len(pattern.findall(text)) != 1:
+            raise ValueError(f"template needs exactly one line '{key}: ...'")
+        text = pattern.sub(lambda _: f"{key}: {value}", text)
+    return text
+
+
+def write_hyperparams(folder, info=None):
+    """Writes ``<folder>/hyperparams.yaml`` from ``model.json``.
+
+    Also repairs a model folder exported before ``hyperparams.yaml``
+    existed: ``write_hyperparams(folder)`` reads its ``model.json``.
+
+    Arguments
+    ---------
+    folder : str
+        The model folder.
+    info : dict
+        Contents of ``model.json`` (read from the folder when None).
+
+    Returns
+    -------
+    str
+        Path of the yaml.
+    """
+    if info is None:
+        with open(os.path.join(folder, MODEL_INFO), encoding="utf-8") as f:
+            info = json.load(f)
+    name = template_for(info)
+    path = os.path.join(TEMPLATE_DIR, name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"hyperparams template {path} not found; it ships in the "
+            "repository's top-level hparams/ folder (install from a checkout)"
+        )
+    with open(path, encoding="utf-8") as f:
+        text = fill_template(f.read(), hyperparams_values(info))
+    header = (
+        f"# Written by speechbrain_lora_experts.export from hparams/{name}.\n"
+    )
+    out = os.path.join(folder, HPARAMS_FILE)
+    with open(out, "w", encoding="utf-8") as f:
+        f.write(header + text)
+    return out
 
 
 def export_run(brain):
-    """Writes the pool entry (expert runs) and ``<output_folder>/model``."""
+    """Writes the pool entry (expert runs) and ``<output_folder>/model``.
+
+    Arguments
+    ---------
+    brain : speechbrain_lora_experts.brains.WhisperExpertsBrain
+        A finished run.
+
+    Returns
+    -------
+    str
+        The model folder.
+    """
     hparams = brain.hparams
     system = hparams.system
     experts = getattr(hparams, "experts", None)
-    whisper_hub = hparams.whisper_hub
-    model_dir = os.path.join(hparams.output_folder, "model")
-    os.makedirs(model_dir, exist_ok=True)
-    info = {
-        "system": system,
-        "languages": list(hparams.languages),
-        "language_aware": bool(hparams.language_aware),
-        "whisper_hub": whisper_hub,
-        "encoder_window_s": float(hparams.encoder_window_s),
-        "experts": [],
-    }
     training = {
         "system": system,
         "epochs": hparams.epoch_counter.current,
@@ -47,56 +406,37 @@ def export_run(brain):
         lang = hparams.languages[0]
         folder = os.path.join(hparams.expert_pool, lang)
         save_expert(
-            experts, 0, folder, whisper_hub, language=lang, metadata=training
+            experts,
+            0,
+            folder,
+            hparams.whisper_hub,
+            language=lang,
+            metadata=training,
         )
         logger.info("expert for %s written to %s", lang, folder)
-    if experts is not None:
-        keep = (
-            ["student"] if system == "distill" else list(experts.expert_names)
-        )
-        for name in keep:
-            lang = name if name in hparams.languages else None
-            save_expert(
-                experts,
-                name,
-                os.path.join(model_dir, "experts", name),
-                whisper_hub,
-                language=lang,
-                metadata=training,
-            )
-            info["experts"].append(name)
-    gate = getattr(hparams, "gate", None)
-    if system == "fuse":
-        info["gate_level"] = getattr(hparams, "gate_level", "utterance")
-        if info["gate_level"] == "utterance":
-            from safetensors.torch import save_file
-
-            save_file(
-                {k: v.contiguous() for k, v in gate.state_dict().items()},
-                os.path.join(model_dir, GATE_WEIGHTS),
-            )
-            info["gate"] = {
-                "hidden_size": gate.hidden.out_features,
-                "temperature": gate.temperature,
-                "top_k": gate.top_k,
-                "language_aware": gate.language_aware,
-            }
-        else:
-            from safetensors.torch import save_file
-
-            save_file(
-                {
-                    k: v.contiguous()
-                    for k, v in experts.token_gates.state_dict().items()
-                },
-                os.path.join(model_dir, "token_gates.safetensors"),
-            )
-    if system == "full_finetune":
-        whisper_dir = os.path.join(model_dir, "whisper")
-        hparams.whisper.model.save_pretrained(whisper_dir)
-        hparams.whisper.tokenizer.save_pretrained(whisper_dir)
-        hparams.whisper.feature_extractor.save_pretrained(whisper_dir)
-        info["whisper_weights"] = "whisper"
-    with open(os.path.join(model_dir, MODEL_INFO), "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2)
-    return model_dir
+    fusion = getattr(hparams, "fusion", "gate")
+    token_level = getattr(hparams, "gate_level", "utterance") == "token"
+    beam = getattr(hparams, "decoding", "greedy") == "beam"
+    return export_model(
+        os.path.join(hparams.output_folder, "model"),
+        system=system,
+        languages=list(hparams.languages),
+        whisper_hub=hparams.whisper_hub,
+        language_aware=bool(hparams.language_aware),
+        encoder_window_s=float(hparams.encoder_window_s),
+        experts=experts,
+        gate=(
+            getattr(hparams, "gate", None)
+            if system == "fuse" and fusion == "gate" and not token_level
+            else None
+        ),
+        fusion=fusion,
+        ties_density=float(getattr(hparams, "ties_density", 0.2)),
+        lid_source=getattr(hparams, "lid_source", "gate"),
+        whisper=hparams.whisper if system == "full_finetune" else None,
+        whisper_save_folder=getattr(
+            hparams, "whisper_save_folder", "pretrained_models"
+        ),
+        beam_size=int(getattr(hparams, "beam_size", 1)) if beam else 1,
+        metadata=training,
+    )
