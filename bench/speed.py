@@ -1,0 +1,1145 @@
+"""Decoding, training and memory cost of the expert systems vs baselines.
+
+One run measures, against baselines measured in the same run (interleaved
+rounds, so machine load hits every system alike; medians reported), at each
+encoder window of ``--window``:
+
+* decoding, per utterance: log-mel, encoder and greedy decoding with the KV
+  cache (``decoding.greedy_decode``). End-of-text is masked out so every
+  system decodes exactly ``--new-tokens`` tokens. Systems: plain Whisper
+  (the baseline); N experts fused by the utterance gate (``UtteranceGate``
+  fed by ``GateTap``, dense softmax weights and top-1); one expert merged
+  into the weights (``WhisperLoRAExperts.merge``); one routed expert
+  (unmerged, for reference). Each with the experts on encoder+decoder, on
+  the encoder from layer k plus the decoder (``enck+dec``: the gate taps
+  layer k), and on the decoder only (the gate reads the encoder output);
+* training, per utterance: one ``Brain.fit_batch`` (forward, backward,
+  optimiser step, as the recipes run it) of ``FullFinetuneBrain`` (the
+  baseline), ``ExpertBrain`` (one LoRA) and ``DistillBrain`` (teachers
+  routed per language under ``no_grad``, then the student LoRA), on a
+  mixed-language batch, with the LoRA on encoder+decoder and on the decoder
+  only (``--train-placements``);
+* memory, in a fresh subprocess per system: the tensors the system keeps
+  beyond the base model (adapters, gate, optimiser state, merge backups),
+  counted, plus the growth of the peak RSS (and of
+  ``torch.cuda.max_memory_allocated`` on a GPU) during one warm decode or
+  training step.
+
+Experts are LoRA r=16 on q/v/fc1/fc2 with random (non-zero) weights, the
+gate is untrained: timing does not depend on the values. By default the
+model has whisper-base's shape with random weights; ``--whisper DIR`` loads
+a real checkpoint and ``--corpus DIR`` (a Common Voice release) supplies
+real clips and transcripts instead of random 4-8 s audio.
+
+On CPU the default is one torch thread: on a 2-core machine shared with
+other jobs, two threads made greedy decoding of whisper-base ~9x slower
+(13.8 s instead of 1.6 s per utterance) through OpenMP waits, far more than
+any difference between systems.
+
+Usage:
+    python bench/speed.py --whisper ~/.cache/lora-experts/whisper-base \
+        [--window 30,10] [--repeats 3] [--device cpu] [--out bench/results]
+
+Authors
+ * speechbrain-lora-experts developers 2026
+"""
+
+import argparse
+import concurrent.futures
+import copy
+import csv
+import functools
+import gc
+import itertools
+import json
+import math
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SAMPLE_RATE = 16000
+LANGUAGES = ("de", "es", "it", "ru", "fr", "zh")
+TARGETS = ("q_proj", "v_proj", "fc1", "fc2")
+FUSED_GOAL = 1.10
+LORA_GOAL = 1 / 3
+DISTILL_GOAL = 1.6
+
+
+def parse_args(argv=None):
+    """Command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--whisper",
+        default=None,
+        help="Whisper folder (default: whisper-base shape, random weights)",
+    )
+    parser.add_argument("--window", default="30,10", help="encoder windows, s")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument(
+        "--corpus",
+        default=None,
+        help="Common Voice release for real clips (default: random audio)",
+    )
+    parser.add_argument("--experts", default="2,4,6,8", help="fused N")
+    parser.add_argument(
+        "--placements",
+        default="enc+dec,enc2+dec,dec",
+        help="where the experts sit: enc+dec, enc<k>+dec, dec",
+    )
+    parser.add_argument(
+        "--train-placements",
+        default="enc+dec,dec",
+        help="placements of the trained LoRA",
+    )
+    parser.add_argument(
+        "--top1",
+        choices=("max", "all"),
+        default="max",
+        help="top-1 gate at the largest N only (its cost does not grow "
+        "with N at batch 1) or at every N",
+    )
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=24)
+    parser.add_argument("--decode-batch", type=int, default=1)
+    parser.add_argument("--train-batch", type=int, default=4)
+    parser.add_argument("--target-tokens", type=int, default=20)
+    parser.add_argument(
+        "--phases", default="decode,train", help="decode and/or train"
+    )
+    parser.add_argument(
+        "--memory",
+        choices=("key", "all", "off"),
+        default="key",
+        help="which systems get a memory probe",
+    )
+    parser.add_argument(
+        "--memory-jobs", type=int, default=0, help="parallel probes (0: auto)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0: 1 on CPU, robust to other load; torch's "
+        "default on GPU)",
+    )
+    parser.add_argument("--precision", default="fp32", help="training")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.03,
+        help="merged counts as 1.00x up to this excess",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.windows = [float(w) for w in args.window.split(",") if w.strip()]
+    args.expert_counts = [int(n) for n in args.experts.split(",") if n]
+    args.placement_names = [p for p in args.placements.split(",") if p]
+    args.train_placement_names = [
+        p for p in args.train_placements.split(",") if p
+    ]
+    args.phase_names = [p for p in args.phases.split(",") if p]
+    if not args.threads:
+        cuda = torch.device(args.device).type == "cuda"
+        args.threads = torch.get_num_threads() if cuda else 1
+    return args
+
+
+# Model ---------------------------------------------------------------------
+def base_shaped_folder(folder):
+    """A random Whisper with whisper-base's shape, in hub layout."""
+    from speechbrain_lora_experts.testing.tiny_whisper import make_tiny_whisper
+
+    return make_tiny_whisper(
+        folder, d_model=512, layers=6, heads=8, ffn_dim=2048
+    )
+
+
+def load_whisper(folder, window, device):
+    """SpeechBrain's Whisper (ours) with the given encoder window."""
+    from speechbrain_lora_experts.whisper import Whisper
+
+    with tempfile.TemporaryDirectory(prefix="speed_hub_") as save:
+        whisper = Whisper(folder, save, encoder_window_s=window)
+    return whisper.to(device)
+
+
+def share_clone(whisper):
+    """A new module tree over the same parameter and buffer tensors.
+
+    Every system gets its own modules (hooks, LoRA layers, routing) without
+    another copy of the frozen weights.
+    """
+    memo = {}
+    for tensor in itertools.chain(whisper.parameters(), whisper.buffers()):
+        memo[id(tensor)] = tensor
+    return full_copy(whisper, memo)
+
+
+def full_copy(whisper, memo=None):
+    """A deep copy that shares only the tokenizer and feature extractor."""
+    memo = {} if memo is None else memo
+    for name in ("tokenizer", "feature_extractor"):
+        obj = getattr(whisper, name, None)
+        if obj is not None:
+            memo[id(obj)] = obj
+    return copy.deepcopy(whisper, memo)
+
+
+def placement(name, n_encoder_layers):
+    """``WhisperLoRAExperts`` arguments of a placement name."""
+    if name == "enc+dec":
+        return dict(parts=("encoder", "decoder"), layers=None)
+    if name == "dec":
+        return dict(parts=("decoder",), layers=None)
+    match = re.fullmatch(r"enc(\d+)\+dec", name)
+    if match is None:
+        raise ValueError(f"unknown placement {name!r}: enc+dec, enc2+dec, dec")
+    first = int(match[1])
+    if not 0 <= first < n_encoder_layers:
+        raise ValueError(
+            f"placement {name!r}: the encoder has {n_encoder_layers} layers"
+        )
+    last = n_encoder_layers - 1
+    return dict(
+        parts=("encoder", "decoder"),
+        layers={"encoder": f"{first}-{last}", "decoder": None},
+    )
+
+
+def attach(whisper, names, args, place, dropout=0.0, seed=0):
+    """A pool of LoRA experts with random non-zero weights."""
+    from speechbrain_lora_experts.attach import WhisperLoRAExperts
+
+    n_encoder_layers = whisper.model.config.encoder_layers
+    pool = WhisperLoRAExperts(
+        whisper,
+        expert_names=names,
+        rank=args.rank,
+        alpha=2 * args.rank,
+        dropout=dropout,
+        targets=TARGETS,
+        **placement(place, n_encoder_layers),
+    )
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in pool.layers.values():
+            for expert in layer.experts:
+                noise = torch.randn(expert.lora_B.shape, generator=generator)
+                expert.lora_B.copy_(0.01 * noise)
+    return pool
+
+
+# Inputs --------------------------------------------------------------------
+def corpus_clips(root, count):
+    """Up to ``count`` clips per language of a Common Voice release."""
+    from speechbrain_lora_experts.data.audio import load_audio
+    from speechbrain_lora_experts.languages import canonical_language
+
+    clips = {}
+    for locale in sorted(os.listdir(root)):
+        tsv = os.path.join(root, locale, "train.tsv")
+        if not os.path.isfile(tsv):
+            continue
+        with open(tsv, encoding="utf-8", newline="") as f:
+            rows = list(
+                csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            )
+        lang = canonical_language(locale)
+        for row in rows[:count]:
+            wav = load_audio(os.path.join(root, locale, "clips", row["path"]))
+            clips.setdefault(lang, []).append((wav, row["sentence"]))
+    if not clips:
+        raise ValueError(f"no <locale>/train.tsv under {root}")
+    return clips
+
+
+def make_utterances(args, count, tokenizer):
+    """``count`` utterances cycling over the languages.
+
+    Each is a dict with ``wav`` (at most the shortest window), ``lang`` and
+    exactly ``--target-tokens`` text tokens.
+    """
+    from speechbrain_lora_experts.data.pipeline import text_tokens
+
+    window = int(min(args.windows) * SAMPLE_RATE)
+    generator = torch.Generator().manual_seed(args.seed)
+    clips = corpus_clips(args.corpus, count) if args.corpus else None
+    languages = list(clips) if clips else list(LANGUAGES)
+    utterances = []
+    for i in range(count):
+        lang = languages[i % len(languages)]
+        if clips:
+            wav, sentence = clips[lang][
+                (i // len(languages)) % len(clips[lang])
+            ]
+            text = text_tokens(tokenizer, sentence, lang)
+        else:
+            seconds = 4 + 4 * torch.rand((), generator=generator).item()
+            wav = 0.1 * torch.randn(
+                int(seconds * SAMPLE_RATE), generator=generator
+            )
+            text = torch.randint(
+                0, 50000, (args.target_tokens,), generator=generator
+            ).tolist()
+        # Same number of tokens for every system and window.
+        text = (text * args.target_tokens)[: args.target_tokens]
+        utterances.append(dict(wav=wav[:window], lang=lang, text=text))
+    return utterances
+
+
+def training_batch(utterances, whisper, teachers):
+    """A SpeechBrain ``PaddedBatch`` as the recipes' pipeline makes it."""
+    from speechbrain.dataio.batch import PaddedBatch
+
+    from speechbrain_lora_experts.data.pipeline import prompt_ids
+
+    eot = whisper.eos
+    examples = []
+    for i, utt in enumerate(utterances):
+        prompt = prompt_ids(whisper.tokenizer, utt["lang"])
+        examples.append(
+            dict(
+                id=f"utt{i}",
+                sig=utt["wav"],
+                lang=utt["lang"],
+                lang_id=teachers.index(utt["lang"]),
+                wrd="",
+                duration=len(utt["wav"]) / SAMPLE_RATE,
+                tokens_bos=torch.LongTensor(prompt + utt["text"]),
+                tokens_eos=torch.LongTensor(prompt[1:] + utt["text"] + [eot]),
+            )
+        )
+    return PaddedBatch(examples)
+
+
+def decoding_inputs(utterances, whisper, device):
+    """Padded audio ``[B, L]``, gate valid fractions ``[B]`` and prompts."""
+    from speechbrain_lora_experts.decoding import prompt_tokens
+
+    length = max(len(u["wav"]) for u in utterances)
+    wav = torch.zeros(len(utterances), length)
+    for row, utt in zip(wav, utterances):
+        row[: len(utt["wav"])] = utt["wav"]
+    valid = torch.tensor(
+        [len(u["wav"]) / whisper.window_samples for u in utterances]
+    )
+    prompts = prompt_tokens(whisper, [u["lang"] for u in utterances])
+    return wav.to(device), valid.to(device), prompts.to(device)
+
+
+# Systems -------------------------------------------------------------------
+def decode_specs(args):
+    """Decoding systems in measuring order; the first is the baseline."""
+    specs = [dict(kind="plain", name="plain Whisper")]
+    top = max(args.expert_counts)
+    for place in args.placement_names:
+        for n in args.expert_counts:
+            top_ks = [None]
+            if args.top1 == "all" or n == top:
+                top_ks.append(1)
+            for top_k in top_ks:
+                gate = "dense" if top_k is None else "top-1"
+                specs.append(
+                    dict(
+                        kind="fused",
+                        place=place,
+                        n=n,
+                        top_k=top_k,
+                        name=f"fused {n}, {gate} gate [{place}]",
+                    )
+                )
+        for kind in ("routed", "merged"):
+            specs.append(
+                dict(
+                    kind=kind,
+                    place=place,
+                    n=top,
+                    name=f"{kind} 1 of {top} [{place}]",
+                )
+            )
+    return specs
+
+
+def train_specs(args, teachers):
+    """Training systems in measuring order; the first is the baseline."""
+    specs = [dict(kind="full", name="full finetune")]
+    for place in args.train_placement_names:
+        specs.append(
+            dict(kind="lora", place=place, name=f"expert LoRA [{place}]")
+        )
+        specs.append(
+            dict(
+                kind="distill",
+                place=place,
+                n=len(teachers),
+                name=f"distill, {len(teachers)} teachers [{place}]",
+            )
+        )
+    return specs
+
+
+def is_key(spec, args):
+    """Systems probed for memory under ``--memory key``."""
+    kind = spec["kind"]
+    if kind in ("plain", "full", "lora", "distill"):
+        return True
+    if kind == "fused":
+        return spec["n"] == max(args.expert_counts)
+    return spec["place"] == args.placement_names[0]
+
+
+def force_length(whisper):
+    """Masks end-of-text so greedy decoding runs all its steps."""
+    original = whisper.forward_decoder
+    eos = whisper.eos
+
+    def forward_decoder(*args, **kwargs):
+        logits, attn, cache = original(*args, **kwargs)
+        logits[..., eos] = -math.inf
+        return logits, attn, cache
+
+    whisper.forward_decoder = forward_decoder
+
+
+class DecodeSystem:
+    """A Whisper set up as one decoding system.
+
+    Arguments
+    ---------
+    spec : dict
+        From ``decode_specs``.
+    whisper : Whisper
+        Its own module tree (modified in place).
+    args : argparse.Namespace
+        Benchmark settings.
+    shared : bool
+        Whether the weights are shared with other systems (merging then
+        works on private copies of the adapted weights).
+    """
+
+    def __init__(self, spec, whisper, args, shared):
+        from speechbrain_lora_experts.gate import GateTap, UtteranceGate
+
+        self.spec = spec
+        self.whisper = whisper.eval()
+        self.tap = None
+        self.pool = None
+        kind = spec["kind"]
+        if kind != "plain":
+            names = [f"e{i}" for i in range(spec["n"])]
+            self.pool = attach(whisper, names, args, spec["place"])
+        if kind == "fused":
+            gate = UtteranceGate.for_whisper(
+                whisper, spec["n"], top_k=spec["top_k"]
+            )
+            gate.to(args.device).eval()
+            self.tap = GateTap(whisper, self.pool, gate)
+        elif kind == "merged":
+            if shared:
+                for layer in self.pool.layers.values():
+                    weight = layer.base.weight
+                    layer.base.weight = torch.nn.Parameter(
+                        weight.detach().clone(), requires_grad=False
+                    )
+            self.pool.merge(0)
+        force_length(whisper)
+
+    def run(self, wav, valid, prompts, new_tokens):
+        """Encoder + greedy decoding; returns the token lists."""
+        from speechbrain_lora_experts.decoding import greedy_decode
+
+        kind = self.spec["kind"]
+        with torch.no_grad():
+            mel = self.whisper._get_mel(wav)
+            if kind == "fused":
+                self.tap.prepare(valid_fraction=valid)
+            elif kind == "routed":
+                index = torch.arange(wav.shape[0]) % self.pool.n_experts
+                self.pool.route(index)
+            enc = self.whisper.forward_encoder(mel)
+            tokens = greedy_decode(self.whisper, enc, prompts, new_tokens)
+        synchronize(wav.device)
+        return tokens
+
+    def check(self, tokens, new_tokens):
+        """The system ran as intended (all steps, experts active)."""
+        if any(len(t) != new_tokens for t in tokens):
+            raise RuntimeError(f"{self.spec['name']}: not {new_tokens} tokens")
+        kind = self.spec["kind"]
+        if kind == "fused":
+            active = int((self.tap.weights[0] > 0).sum())
+            wanted = self.spec["top_k"] or self.spec["n"]
+            if self.pool.routing.mode != "mix" or active != wanted:
+                raise RuntimeError(f"{self.spec['name']}: gate did not mix")
+        if kind == "routed" and self.pool.routing.mode != "route":
+            raise RuntimeError(f"{self.spec['name']}: not routed")
+        if kind == "merged" and not self.pool.merged:
+            raise RuntimeError(f"{self.spec['name']}: not merged")
+
+
+def build_trainer(spec, whisper, args, teachers):
+    """A recipe Brain training ``whisper`` as system ``spec``."""
+    from speechbrain_lora_experts.brains import (
+        DistillBrain,
+        ExpertBrain,
+        FullFinetuneBrain,
+    )
+
+    hparams = dict(
+        whisper=whisper,
+        experts=None,
+        languages=list(teachers),
+        language_aware=True,
+        label_smoothing=0.0,
+    )
+    kind = spec["kind"]
+    if kind == "full":
+        whisper.requires_grad_(True)
+        brain_class, lr = FullFinetuneBrain, 1e-5
+    elif kind == "lora":
+        hparams["experts"] = attach(
+            whisper, [teachers[0]], args, spec["place"], dropout=0.05
+        )
+        brain_class, lr = ExpertBrain, 1e-3
+    elif kind == "distill":
+        pool = attach(
+            whisper,
+            list(teachers) + ["student"],
+            args,
+            spec["place"],
+            dropout=0.05,
+        )
+        pool.set_trainable(["student"])
+        hparams.update(
+            experts=pool, distill_weight=0.5, distill_temperature=2.0
+        )
+        brain_class, lr = DistillBrain, 1e-3
+    else:
+        raise ValueError(f"unknown training system {kind!r}")
+    brain = brain_class(
+        modules={"whisper": whisper},
+        opt_class=functools.partial(
+            torch.optim.AdamW, lr=lr, weight_decay=0.01
+        ),
+        hparams=hparams,
+        run_opts=dict(device=args.device, precision=args.precision),
+    )
+    brain.init_optimizers()
+    brain.modules.train()
+    return brain
+
+
+def synchronize(device):
+    """Waits for queued GPU work (timing)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# Timing --------------------------------------------------------------------
+def timed_rounds(systems, run, repeats, log, warm_up=True):
+    """Warm-up, then ``repeats`` interleaved rounds (rotated order).
+
+    Returns
+    -------
+    dict
+        name -> list of seconds.
+    """
+    times = {name: [] for name in systems}
+    if warm_up:
+        for system in systems.values():
+            run(system)
+    names = list(systems)
+    for round_index in range(repeats):
+        start_at = round_index % len(names)
+        for name in names[start_at:] + names[:start_at]:
+            start = time.perf_counter()
+            run(systems[name])
+            times[name].append(time.perf_counter() - start)
+        log(f"  round {round_index + 1}/{repeats} done")
+    return times
+
+
+def measure_decoding(args, folder, window, utterances, log):
+    """Decode timing rows of one window."""
+    base = load_whisper(folder, window, args.device)
+    batch = utterances[: args.decode_batch]
+    wav, valid, prompts = decoding_inputs(batch, base, args.device)
+    systems = {}
+    for spec in decode_specs(args):
+        systems[spec["name"]] = DecodeSystem(
+            spec, share_clone(base), args, shared=True
+        )
+    for system in systems.values():  # the warm-up
+        system.check(
+            system.run(wav, valid, prompts, args.new_tokens), args.new_tokens
+        )
+    log(f"decode, {window:g} s window: {len(systems)} systems")
+    times = timed_rounds(
+        systems,
+        lambda s: s.run(wav, valid, prompts, args.new_tokens),
+        args.repeats,
+        log,
+        warm_up=False,
+    )
+    rows = []
+    for spec in decode_specs(args):
+        row = timing_row(spec, times, args.decode_batch)
+        row.update(decode_goal(spec, args))
+        rows.append(row)
+    add_ratios(rows, "plain Whisper")
+    del systems, base
+    gc.collect()
+    return rows
+
+
+def measure_training(args, folder, window, utterances, teachers, log):
+    """Training-step timing rows of one window."""
+    base = load_whisper(folder, window, args.device)
+    batch = training_batch(utterances[: args.train_batch], base, teachers)
+    specs = train_specs(args, teachers)
+    systems = {}
+    for spec in specs:
+        clone = full_copy(base) if spec["kind"] == "full" else share_clone(base)
+        systems[spec["name"]] = build_trainer(spec, clone, args, teachers)
+    log(f"train, {window:g} s window: {len(systems)} systems")
+    times = timed_rounds(
+        systems, lambda brain: brain.fit_batch(batch), args.repeats, log
+    )
+    rows = []
+    for spec in specs:
+        row = timing_row(spec, times, args.train_batch)
+        row.update(train_goal(spec))
+        rows.append(row)
+    add_ratios(rows, "full finetune")
+    by_name = {row["system"]: row for row in rows}
+    for row in rows:
+        row["ratio_vs_full_finetune"] = row["ratio"]
+        if row["kind"] == "distill":
+            lora = by_name[f"expert LoRA [{row['place']}]"]
+            row["baseline"] = lora["system"]
+            row["ratio"] = row["seconds"] / lora["seconds"]
+    for row in rows:
+        row["met"] = goal_met(row)
+    del systems, base
+    gc.collect()
+    return rows
+
+
+def timing_row(spec, times, batch):
+    """Median seconds per utterance of one system."""
+    per_utt = [t / batch for t in times[spec["name"]]]
+    return dict(
+        system=spec["name"],
+        kind=spec["kind"],
+        place=spec.get("place"),
+        n_experts=spec.get("n"),
+        seconds=statistics.median(per_utt),
+        all_seconds=per_utt,
+    )
+
+
+def add_ratios(rows, baseline):
+    """Ratio of medians against the baseline row."""
+    base = next(row for row in rows if row["system"] == baseline)
+    for row in rows:
+        row["baseline"] = baseline
+        row["ratio"] = row["seconds"] / base["seconds"]
+        row["met"] = goal_met(row)
+
+
+def decode_goal(spec, args):
+    """Goal of a decoding system."""
+    if spec["kind"] == "fused":
+        return dict(goal=f"<= {FUSED_GOAL:.2f}", goal_max=FUSED_GOAL)
+    if spec["kind"] == "merged":
+        return dict(goal="= 1.00", goal_max=1.0 + args.tolerance)
+    return dict(goal=None, goal_max=None)
+
+
+def train_goal(spec):
+    """Goal of a training system."""
+    if spec["kind"] == "lora":
+        return dict(goal="<= 1/3", goal_max=LORA_GOAL)
+    if spec["kind"] == "distill":
+        return dict(goal=f"<= {DISTILL_GOAL:.2f}", goal_max=DISTILL_GOAL)
+    return dict(goal=None, goal_max=None)
+
+
+def goal_met(row):
+    """Whether the ratio meets the goal (None without one)."""
+    if row.get("goal_max") is None:
+        return None
+    return bool(row["ratio"] <= row["goal_max"])
+
+
+# Memory --------------------------------------------------------------------
+def current_rss():
+    """Resident set size in bytes (Linux), else the peak so far."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return peak_rss()
+
+
+def peak_rss():
+    """Peak resident set size in bytes."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def reset_peak_rss():
+    """Resets the kernel's peak RSS to the current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_since_reset():
+    """``VmHWM`` (Linux, resettable), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return peak_rss()
+
+
+def storage_key(tensor):
+    """Identity and size of a tensor's storage."""
+    storage = tensor.untyped_storage()
+    return (storage.data_ptr(), storage.nbytes())
+
+
+def system_state_bytes(whisper, base_storages, gate=None, optimizer=None):
+    """Bytes a system keeps beyond the base model's own tensors.
+
+    Adapters, gate, optimiser state, merge backups and stacked-expert
+    caches: every tensor reachable from the system whose storage is not one
+    of the base model's.
+    """
+    tensors = list(whisper.parameters()) + list(whisper.buffers())
+    if gate is not None:
+        tensors += list(gate.parameters())
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            tensors += [v for v in state.values() if torch.is_tensor(v)]
+    for module in whisper.modules():
+        backup = getattr(module, "_merged_from", None)
+        if backup is not None:
+            tensors.append(backup)
+        cache = getattr(module, "_stack_cache", None)
+        if cache is not None:
+            tensors += list(cache[1])
+    storages = {storage_key(t) for t in tensors} - base_storages
+    return sum(size for _, size in storages)
+
+
+def run_probe(args):
+    """One memory measurement (in its own process); returns a dict.
+
+    After the base model is loaded, the system is built and runs a warm-up
+    step (code paths, caches, optimiser state; two utterances when
+    training). What it keeps is
+    counted tensor by tensor (``state``); the next step is measured as the
+    growth of the peak RSS over the RSS before it (``step``: activations,
+    gradients, temporaries), and of the CUDA allocator's peak on a GPU.
+    Large allocations must go back to the system when freed for the RSS to
+    mean anything: ``measure_memory`` fixes glibc's mmap threshold.
+    """
+    probe = json.loads(args.probe)
+    spec, window, phase = probe["spec"], probe["window"], probe["phase"]
+    torch.manual_seed(args.seed)
+    whisper = load_whisper(probe["folder"], window, args.device)
+    base_storages = {
+        storage_key(t)
+        for t in itertools.chain(whisper.parameters(), whisper.buffers())
+    }
+    utterances = make_utterances(args, probe["count"], whisper.tokenizer)
+    gate = optimizer = None
+    if phase == "decode":
+        batch = utterances[: args.decode_batch]
+        wav, valid, prompts = decoding_inputs(batch, whisper, args.device)
+        system = DecodeSystem(spec, whisper, args, shared=False)
+        gate = system.tap.gate if system.tap is not None else None
+
+        def step():
+            tokens = system.run(wav, valid, prompts, args.new_tokens)
+            system.check(tokens, args.new_tokens)
+
+        step()  # warm-up
+
+    else:
+        teachers = probe["teachers"]
+        batch = training_batch(
+            utterances[: args.train_batch], whisper, teachers
+        )
+        brain = build_trainer(spec, whisper, args, teachers)
+        optimizer = brain.optimizer
+
+        def step():
+            brain.fit_batch(batch)
+
+        # A cheaper warm-up (two utterances) also makes the optimiser state.
+        brain.fit_batch(training_batch(utterances[:2], whisper, teachers))
+    gc.collect()
+    state = system_state_bytes(whisper, base_storages, gate, optimizer)
+    cuda = torch.device(args.device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        alloc0 = torch.cuda.memory_allocated()
+    reset_peak_rss()
+    rss0 = current_rss()
+    step()
+    mb = 2**20
+    result = dict(
+        state_mb=state / mb,
+        step_mb=(peak_rss_since_reset() - rss0) / mb,
+        process_peak_rss_mb=peak_rss() / mb,
+    )
+    result["total_mb"] = result["state_mb"] + result["step_mb"]
+    if cuda:
+        torch.cuda.synchronize()
+        result["cuda_step_mb"] = (
+            torch.cuda.max_memory_allocated() - alloc0
+        ) / mb
+        result["cuda_total_mb"] = result["state_mb"] + result["cuda_step_mb"]
+    return result
+
+
+def probe_command(args, phase, window, spec, folder, count, teachers):
+    """Command line of one memory probe."""
+    probe = dict(
+        phase=phase,
+        window=window,
+        spec=spec,
+        folder=folder,
+        count=count,
+        teachers=teachers,
+    )
+    return [
+        sys.executable,
+        os.path.abspath(__file__),
+        *args.argv,
+        f"--threads={args.threads}",
+        "--probe",
+        json.dumps(probe),
+    ]
+
+
+def measure_memory(args, folder, count, teachers, log):
+    """Memory rows per phase and window, probes run in subprocesses."""
+    jobs = args.memory_jobs
+    if jobs <= 0:
+        cuda = torch.device(args.device).type == "cuda"
+        cpus = os.cpu_count() or 1
+        jobs = 1 if cuda else max(1, min(2, cpus // args.threads))
+    tasks = []
+    for phase in args.phase_names:
+        if phase == "decode":
+            specs = decode_specs(args)
+        else:
+            specs = train_specs(args, teachers)
+        for window in args.windows:
+            for spec in specs:
+                if args.memory == "key" and not is_key(spec, args):
+                    continue
+                command = probe_command(
+                    args, phase, window, spec, folder, count, teachers
+                )
+                tasks.append((phase, window, spec, command))
+    log(f"memory: {len(tasks)} probes, {jobs} at a time")
+
+    # Freed buffers above 128 KiB go back to the system at once (glibc's
+    # threshold otherwise adapts and keeps them in the heap).
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+
+    def run(task):
+        out = subprocess.run(
+            task[3], capture_output=True, text=True, check=False, env=env
+        )
+        lines = [
+            line[len("PROBE ") :]
+            for line in out.stdout.splitlines()
+            if line.startswith("PROBE ")
+        ]
+        if out.returncode or not lines:
+            raise RuntimeError(
+                f"memory probe {task[2]['name']} failed:\n{out.stderr[-3000:]}"
+            )
+        return json.loads(lines[-1])
+
+    with concurrent.futures.ThreadPoolExecutor(jobs) as executor:
+        results = list(executor.map(run, tasks))
+    memory = {}
+    for (phase, window, spec, _), result in zip(tasks, results):
+        rows = memory.setdefault(phase, {}).setdefault(window_key(window), [])
+        rows.append(dict(system=spec["name"], kind=spec["kind"], **result))
+    for phase, windows in memory.items():
+        for rows in windows.values():
+            base = rows[0]
+            for row in rows:
+                row["baseline"] = base["system"]
+                row["ratio"] = ratio_or_none(row["total_mb"], base["total_mb"])
+                if "cuda_total_mb" in row:
+                    row["cuda_ratio"] = ratio_or_none(
+                        row["cuda_total_mb"], base["cuda_total_mb"]
+                    )
+    return memory
+
+
+def ratio_or_none(value, base):
+    """``value / base`` where the base is measurable."""
+    return value / base if base > 0 else None
+
+
+# Report --------------------------------------------------------------------
+def window_key(window):
+    """JSON key of a window (``30``, ``10``, ``2.5``)."""
+    return f"{window:g}"
+
+
+def git_state():
+    """Commit and locally modified files of the checkout (if any)."""
+    root = os.path.dirname(HERE)
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "speechbrain_lora_experts"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return dict(commit=None, modified=[])
+    return dict(commit=commit, modified=[ln[3:] for ln in status.splitlines()])
+
+
+def fmt_ratio(ratio):
+    """Markdown cell of a ratio that may be undefined."""
+    return "—" if ratio is None else f"{ratio:.2f}"
+
+
+def fmt_met(met):
+    """Markdown cell of a goal check."""
+    return "—" if met is None else ("yes" if met else "**no**")
+
+
+def markdown(result):
+    """The report as markdown tables."""
+    s = result["settings"]
+    lines = [
+        f"# Speed: {result['model']}",
+        "",
+        f"{result['device']}, {result['threads']} threads, torch "
+        f"{result['torch']}; median of {result['repeats']} interleaved "
+        f"rounds after a warm-up; ratios of medians against the baseline "
+        f"of the same table. Experts: LoRA r={s['rank']} on "
+        f"{'/'.join(TARGETS)}; `enck+dec` = encoder layers from k on plus "
+        f"the decoder (the gate taps layer k); `dec` = decoder only (the "
+        f"gate reads the encoder output). Audio: {s['audio']}. Wall time "
+        f"{result['wall_s']:.0f} s.",
+        "",
+    ]
+    for window, rows in result.get("decode", {}).items():
+        lines += [
+            f"## Decoding, {window} s encoder window",
+            "",
+            f"Per utterance (batch {s['decode_batch']}): log-mel, encoder, "
+            f"greedy decoding with the KV cache, {s['new_tokens']} new tokens "
+            f"(end-of-text masked). Baseline: plain Whisper. Merged counts "
+            f"as 1.00x up to +{s['tolerance']:.2f}.",
+            "",
+        ]
+        lines += timing_table(rows)
+    for window, rows in result.get("train", {}).items():
+        lines += [
+            f"## Training, {window} s encoder window",
+            "",
+            f"Per utterance: one `Brain.fit_batch` (forward, backward, AdamW "
+            f"step) on a batch of {s['train_batch']} mixed-language "
+            f"utterances, {s['target_tokens']} text tokens each. Baseline: "
+            "full finetuning; distillation rows are against the plain LoRA "
+            "of the same placement.",
+            "",
+        ]
+        lines += timing_table(rows)
+    for phase, windows in result.get("memory", {}).items():
+        step = "decode" if phase == "decode" else "training step"
+        for window, rows in windows.items():
+            cuda = any("cuda_total_mb" in row for row in rows)
+            lines += [
+                f"## Peak memory, {phase}, {window} s encoder window",
+                "",
+                "Memory over the loaded base model, fresh process per "
+                "system: *state* = tensors the system keeps (adapters, "
+                "gate, optimiser state, merge backups, expert stacks), "
+                f"counted; *{step}* = growth of the peak RSS over the RSS "
+                f"before one warm {step}"
+                + (" (and of the CUDA allocator's peak)" if cuda else "")
+                + "; ratio of the totals.",
+                "",
+                f"| system | state (MB) | {step} (MB) | total (MB) | ratio vs "
+                f"{rows[0]['system']} |"
+                + (" CUDA total (MB) | CUDA ratio |" if cuda else ""),
+                "|---|---|---|---|---|" + ("---|---|" if cuda else ""),
+            ]
+            for row in rows:
+                line = (
+                    f"| {row['system']} | {row['state_mb']:.1f} | "
+                    f"{row['step_mb']:.0f} | {row['total_mb']:.0f} | "
+                    f"{fmt_ratio(row['ratio'])} |"
+                )
+                if cuda:
+                    line += (
+                        f" {row['cuda_total_mb']:.0f} | "
+                        f"{fmt_ratio(row['cuda_ratio'])} |"
+                    )
+                lines.append(line)
+            lines.append("")
+    return "\n".join(lines)
+
+
+def timing_table(rows):
+    """Markdown lines of a timing table."""
+    lines = [
+        "| system | seconds | ratio vs baseline | goal | met? |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        base = row["baseline"]
+        ratio = f"{row['ratio']:.3f}"
+        if row["kind"] == "distill":
+            ratio += f" (vs {base})"
+        lines.append(
+            f"| {row['system']} | {row['seconds']:.3f} | {ratio} | "
+            f"{row['goal'] or '—'} | {fmt_met(row['met'])} |"
+        )
+    base = rows[0]
+    low, high = min(base["all_seconds"]), max(base["all_seconds"])
+    spread = 100 * (high - low) / base["seconds"]
+    lines += [
+        "",
+        f"Baseline rounds: {low:.3f}-{high:.3f} s ({spread:.0f} % of its "
+        "median): the noise a ratio has to beat.",
+    ]
+    return lines + [""]
+
+
+def main(argv=None):
+    """Runs the benchmark; returns the result dict."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.probe is not None:
+        print("PROBE " + json.dumps(run_probe(args)), flush=True)
+        return None
+    started = time.time()
+
+    def log(message):
+        print(f"[{time.time() - started:6.0f} s] {message}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="speed_") as tmp:
+        folder = args.whisper
+        if folder is None:
+            folder = base_shaped_folder(os.path.join(tmp, "whisper"))
+            model = "whisper-base shape, random weights"
+        else:
+            model = os.path.basename(os.path.normpath(folder))
+        count = max(args.decode_batch, args.train_batch)
+        tokenizer = load_whisper(folder, args.windows[0], "cpu").tokenizer
+        utterances = make_utterances(args, count, tokenizer)
+        train_utts = utterances[: args.train_batch]
+        teachers = list(dict.fromkeys(u["lang"] for u in train_utts))
+        result = dict(
+            benchmark="speed",
+            model=model,
+            whisper=args.whisper,
+            device=args.device,
+            threads=torch.get_num_threads(),
+            repeats=args.repeats,
+            machine=platform.processor() or platform.machine(),
+            torch=torch.__version__,
+            git=git_state(),
+            settings=dict(
+                windows=args.windows,
+                experts=args.expert_counts,
+                placements=args.placement_names,
+                train_placements=args.train_placement_names,
+                top1=args.top1,
+                rank=args.rank,
+                targets=list(TARGETS),
+                new_tokens=args.new_tokens,
+                decode_batch=args.decode_batch,
+                train_batch=args.train_batch,
+                target_tokens=args.target_tokens,
+                teachers=teachers,
+                precision=args.precision,
+                tolerance=args.tolerance,
+                audio=(
+                    f"clips of {args.corpus}"
+                    if args.corpus
+                    else "random 4-8 s noise"
+                ),
+                clip_seconds=[len(u["wav"]) / SAMPLE_RATE for u in utterances],
+            ),
+        )
+        if "decode" in args.phase_names:
+            result["decode"] = {
+                window_key(w): measure_decoding(
+                    args, folder, w, utterances, log
+                )
+                for w in args.windows
+            }
+        if "train" in args.phase_names:
+            result["train"] = {
+                window_key(w): measure_training(
+                    args, folder, w, utterances, teachers, log
+                )
+                for w in args.windows
+            }
+        if args.memory != "off":
+            result["memory"] = measure_memory(
+                args, folder, count, teachers, log
+            )
+    result["wall_s"] = time.time() - started
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "speed.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    report = markdown(result)
+    with open(os.path.join(args.out, "speed.md"), "w") as f:
+        f.write(report)
+    print(report)
+    return result
+
+
+if __name__ == "__main__":
+    main()
