@@ -19,11 +19,11 @@ encoder window of ``--window``:
   routed per language under ``no_grad``, then the student LoRA), on a
   mixed-language batch, with the LoRA on encoder+decoder and on the decoder
   only (``--train-placements``);
-* memory, in a fresh subprocess per system: the tensors the system keeps
-  beyond the base model (adapters, gate, optimiser state, merge backups),
-  counted, plus the growth of the peak RSS (and of
-  ``torch.cuda.max_memory_allocated`` on a GPU) during one warm decode or
-  training step.
+* memory, in one subprocess per phase and window (systems one after the
+  other): the tensors a system keeps beyond the base model (adapters, gate,
+  optimiser state, merge backups), counted, plus the growth of the peak RSS
+  (and of ``torch.cuda.max_memory_allocated`` on a GPU) during one warm
+  decode or training step.
 
 Experts are LoRA r=16 on q/v/fc1/fc2 with random (non-zero) weights, the
 gate is untrained: timing does not depend on the values. By default the
@@ -110,6 +110,12 @@ def parse_args(argv=None):
         "with N at batch 1) or at every N",
     )
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument(
+        "--lora-dropout",
+        type=float,
+        default=0.05,
+        help="dropout of the trained LoRA (the recipes' 0.05)",
+    )
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--decode-batch", type=int, default=1)
     parser.add_argument("--train-batch", type=int, default=4)
@@ -425,18 +431,19 @@ class DecodeSystem:
         Its own module tree (modified in place).
     args : argparse.Namespace
         Benchmark settings.
-    shared : bool
-        Whether the weights are shared with other systems (merging then
-        works on private copies of the adapted weights).
+
+    Merging works on private copies of the adapted weights (the module tree
+    may share its tensors with other systems); ``replaced`` holds them.
     """
 
-    def __init__(self, spec, whisper, args, shared):
+    def __init__(self, spec, whisper, args):
         from speechbrain_lora_experts.gate import GateTap, UtteranceGate
 
         self.spec = spec
         self.whisper = whisper.eval()
         self.tap = None
         self.pool = None
+        self.replaced = []
         kind = spec["kind"]
         if kind != "plain":
             names = [f"e{i}" for i in range(spec["n"])]
@@ -448,12 +455,10 @@ class DecodeSystem:
             gate.to(args.device).eval()
             self.tap = GateTap(whisper, self.pool, gate)
         elif kind == "merged":
-            if shared:
-                for layer in self.pool.layers.values():
-                    weight = layer.base.weight
-                    layer.base.weight = torch.nn.Parameter(
-                        weight.detach().clone(), requires_grad=False
-                    )
+            for layer in self.pool.layers.values():
+                private = layer.base.weight.detach().clone()
+                layer.base.weight = torch.nn.Parameter(private, False)
+                self.replaced.append(private)
             self.pool.merge(0)
         force_length(whisper)
 
@@ -511,7 +516,7 @@ def build_trainer(spec, whisper, args, teachers):
         brain_class, lr = FullFinetuneBrain, 1e-5
     elif kind == "lora":
         hparams["experts"] = attach(
-            whisper, [teachers[0]], args, spec["place"], dropout=0.05
+            whisper, [teachers[0]], args, spec["place"], args.lora_dropout
         )
         brain_class, lr = ExpertBrain, 1e-3
     elif kind == "distill":
@@ -520,7 +525,7 @@ def build_trainer(spec, whisper, args, teachers):
             list(teachers) + ["student"],
             args,
             spec["place"],
-            dropout=0.05,
+            args.lora_dropout,
         )
         pool.set_trainable(["student"])
         hparams.update(
@@ -579,9 +584,7 @@ def measure_decoding(args, folder, window, utterances, log):
     wav, valid, prompts = decoding_inputs(batch, base, args.device)
     systems = {}
     for spec in decode_specs(args):
-        systems[spec["name"]] = DecodeSystem(
-            spec, share_clone(base), args, shared=True
-        )
+        systems[spec["name"]] = DecodeSystem(spec, share_clone(base), args)
     for system in systems.values():  # the warm-up
         system.check(
             system.run(wav, valid, prompts, args.new_tokens), args.new_tokens
@@ -756,55 +759,78 @@ def system_state_bytes(whisper, base_storages, gate=None, optimizer=None):
 
 
 def run_probe(args):
-    """One memory measurement (in its own process); returns a dict.
+    """Memory of several systems of one phase and window (own process).
 
-    After the base model is loaded, the system is built and runs a warm-up
-    step (code paths, caches, optimiser state; two utterances when
-    training). What it keeps is
-    counted tensor by tensor (``state``); the next step is measured as the
-    growth of the peak RSS over the RSS before it (``step``: activations,
-    gradients, temporaries), and of the CUDA allocator's peak on a GPU.
-    Large allocations must go back to the system when freed for the RSS to
-    mean anything: ``measure_memory`` fixes glibc's mmap threshold.
+    The base model is loaded once. Each system gets its own module tree
+    over the base tensors, is built and runs a warm-up step (code paths,
+    caches, optimiser state; two utterances when training). What it keeps
+    beyond the base model is counted tensor by tensor (``state``); the next
+    step is measured as the growth of the peak RSS over the RSS before it
+    (``step``: activations, gradients, temporaries), and of the CUDA
+    allocator's peak on a GPU. The RSS only means this when freed large
+    buffers go back to the system: ``measure_memory`` fixes glibc's mmap
+    threshold for these processes.
+
+    Returns
+    -------
+    list of dict
+        One per system, in the order given.
     """
     probe = json.loads(args.probe)
-    spec, window, phase = probe["spec"], probe["window"], probe["phase"]
+    window, phase, teachers = probe["window"], probe["phase"], probe["teachers"]
     torch.manual_seed(args.seed)
-    whisper = load_whisper(probe["folder"], window, args.device)
+    base = load_whisper(probe["folder"], window, args.device)
     base_storages = {
         storage_key(t)
-        for t in itertools.chain(whisper.parameters(), whisper.buffers())
+        for t in itertools.chain(base.parameters(), base.buffers())
     }
-    utterances = make_utterances(args, probe["count"], whisper.tokenizer)
-    gate = optimizer = None
+    utterances = make_utterances(args, probe["count"], base.tokenizer)
     if phase == "decode":
-        batch = utterances[: args.decode_batch]
-        wav, valid, prompts = decoding_inputs(batch, whisper, args.device)
-        system = DecodeSystem(spec, whisper, args, shared=False)
-        gate = system.tap.gate if system.tap is not None else None
-
-        def step():
-            tokens = system.run(wav, valid, prompts, args.new_tokens)
-            system.check(tokens, args.new_tokens)
-
-        step()  # warm-up
-
-    else:
-        teachers = probe["teachers"]
-        batch = training_batch(
-            utterances[: args.train_batch], whisper, teachers
+        inputs = decoding_inputs(
+            utterances[: args.decode_batch], base, args.device
         )
-        brain = build_trainer(spec, whisper, args, teachers)
-        optimizer = brain.optimizer
+    else:
+        batch = training_batch(utterances[: args.train_batch], base, teachers)
+        warm = training_batch(utterances[:2], base, teachers)
+    results = []
+    for spec in probe["specs"]:
+        gate = optimizer = None
+        if phase == "decode":
+            whisper = share_clone(base)
+            system = DecodeSystem(spec, whisper, args)
+            if system.tap is not None:
+                gate = system.tap.gate
+            replaced = system.replaced
 
-        def step():
-            brain.fit_batch(batch)
+            def step(system=system):
+                tokens = system.run(*inputs, args.new_tokens)
+                system.check(tokens, args.new_tokens)
 
-        # A cheaper warm-up (two utterances) also makes the optimiser state.
-        brain.fit_batch(training_batch(utterances[:2], whisper, teachers))
-    gc.collect()
-    state = system_state_bytes(whisper, base_storages, gate, optimizer)
-    cuda = torch.device(args.device).type == "cuda"
+            step()  # warm-up
+        else:
+            full = spec["kind"] == "full"
+            whisper = full_copy(base) if full else share_clone(base)
+            # A full finetune's own weights stand in for the base model's.
+            replaced = list(whisper.parameters()) if full else []
+            system = build_trainer(spec, whisper, args, teachers)
+            optimizer = system.optimizer
+
+            def step(brain=system):
+                brain.fit_batch(batch)
+
+            system.fit_batch(warm)
+        gc.collect()
+        known = base_storages | {storage_key(t) for t in replaced}
+        state = system_state_bytes(whisper, known, gate, optimizer)
+        results.append(measure_step(step, state, args.device))
+        del system, whisper, step, replaced, gate, optimizer
+        gc.collect()
+    return results
+
+
+def measure_step(step, state, device):
+    """Peak growth over one call of ``step`` (RSS, and CUDA on a GPU)."""
+    cuda = torch.device(device).type == "cuda"
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -821,19 +847,18 @@ def run_probe(args):
     result["total_mb"] = result["state_mb"] + result["step_mb"]
     if cuda:
         torch.cuda.synchronize()
-        result["cuda_step_mb"] = (
-            torch.cuda.max_memory_allocated() - alloc0
-        ) / mb
+        peak = torch.cuda.max_memory_allocated() - alloc0
+        result["cuda_step_mb"] = peak / mb
         result["cuda_total_mb"] = result["state_mb"] + result["cuda_step_mb"]
     return result
 
 
-def probe_command(args, phase, window, spec, folder, count, teachers):
-    """Command line of one memory probe."""
+def probe_command(args, phase, window, specs, folder, count, teachers):
+    """Command line of one memory probe process."""
     probe = dict(
         phase=phase,
         window=window,
-        spec=spec,
+        specs=specs,
         folder=folder,
         count=count,
         teachers=teachers,
@@ -849,7 +874,7 @@ def probe_command(args, phase, window, spec, folder, count, teachers):
 
 
 def measure_memory(args, folder, count, teachers, log):
-    """Memory rows per phase and window, probes run in subprocesses."""
+    """Memory rows per phase and window: one probe process for each."""
     jobs = args.memory_jobs
     if jobs <= 0:
         cuda = torch.device(args.device).type == "cuda"
@@ -861,23 +886,27 @@ def measure_memory(args, folder, count, teachers, log):
             specs = decode_specs(args)
         else:
             specs = train_specs(args, teachers)
+        if args.memory == "key":
+            specs = [spec for spec in specs if is_key(spec, args)]
         for window in args.windows:
-            for spec in specs:
-                if args.memory == "key" and not is_key(spec, args):
-                    continue
-                command = probe_command(
-                    args, phase, window, spec, folder, count, teachers
-                )
-                tasks.append((phase, window, spec, command))
-    log(f"memory: {len(tasks)} probes, {jobs} at a time")
-
+            command = probe_command(
+                args, phase, window, specs, folder, count, teachers
+            )
+            tasks.append((phase, window, specs, command))
+    # Longest first (training at the widest window), for the job pool.
+    order = sorted(
+        range(len(tasks)),
+        key=lambda i: (tasks[i][0] != "train", -tasks[i][1]),
+    )
+    log(f"memory: {len(tasks)} probe processes, {jobs} at a time")
     # Freed buffers above 128 KiB go back to the system at once (glibc's
     # threshold otherwise adapts and keeps them in the heap).
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
 
-    def run(task):
+    def run(index):
+        phase, window, _, command = tasks[index]
         out = subprocess.run(
-            task[3], capture_output=True, text=True, check=False, env=env
+            command, capture_output=True, text=True, check=False, env=env
         )
         lines = [
             line[len("PROBE ") :]
@@ -886,26 +915,29 @@ def measure_memory(args, folder, count, teachers, log):
         ]
         if out.returncode or not lines:
             raise RuntimeError(
-                f"memory probe {task[2]['name']} failed:\n{out.stderr[-3000:]}"
+                f"memory probe ({phase}, {window:g} s) failed:\n"
+                f"{out.stderr[-3000:]}"
             )
-        return json.loads(lines[-1])
+        log(f"  memory of {phase} at {window:g} s done")
+        return index, json.loads(lines[-1])
 
     with concurrent.futures.ThreadPoolExecutor(jobs) as executor:
-        results = list(executor.map(run, tasks))
+        results = dict(executor.map(run, order))
     memory = {}
-    for (phase, window, spec, _), result in zip(tasks, results):
-        rows = memory.setdefault(phase, {}).setdefault(window_key(window), [])
-        rows.append(dict(system=spec["name"], kind=spec["kind"], **result))
-    for phase, windows in memory.items():
-        for rows in windows.values():
-            base = rows[0]
-            for row in rows:
-                row["baseline"] = base["system"]
-                row["ratio"] = ratio_or_none(row["total_mb"], base["total_mb"])
-                if "cuda_total_mb" in row:
-                    row["cuda_ratio"] = ratio_or_none(
-                        row["cuda_total_mb"], base["cuda_total_mb"]
-                    )
+    for index, (phase, window, specs, _) in enumerate(tasks):
+        rows = [
+            dict(system=spec["name"], kind=spec["kind"], **result)
+            for spec, result in zip(specs, results[index])
+        ]
+        base = rows[0]
+        for row in rows:
+            row["baseline"] = base["system"]
+            row["ratio"] = ratio_or_none(row["total_mb"], base["total_mb"])
+            if "cuda_total_mb" in row:
+                row["cuda_ratio"] = ratio_or_none(
+                    row["cuda_total_mb"], base["cuda_total_mb"]
+                )
+        memory.setdefault(phase, {})[window_key(window)] = rows
     return memory
 
 
@@ -959,9 +991,10 @@ def markdown(result):
     lines = [
         f"# Speed: {result['model']}",
         "",
-        f"{result['device']}, {result['threads']} threads, torch "
-        f"{result['torch']}; median of {result['repeats']} interleaved "
-        f"rounds after a warm-up; ratios of medians against the baseline "
+        f"Device {result['device']}, torch threads {result['threads']} "
+        f"(see the script's docstring), torch {result['torch']}; median "
+        f"of {result['repeats']} interleaved rounds after a warm-up; "
+        "ratios of medians against the baseline "
         f"of the same table. Experts: LoRA r={s['rank']} on "
         f"{'/'.join(TARGETS)}; `enck+dec` = encoder layers from k on plus "
         f"the decoder (the gate taps layer k); `dec` = decoder only (the "
@@ -986,7 +1019,8 @@ def markdown(result):
             "",
             f"Per utterance: one `Brain.fit_batch` (forward, backward, AdamW "
             f"step) on a batch of {s['train_batch']} mixed-language "
-            f"utterances, {s['target_tokens']} text tokens each. Baseline: "
+            f"utterances, {s['target_tokens']} text tokens each, LoRA "
+            f"dropout {s['lora_dropout']:g}. Baseline: "
             "full finetuning; distillation rows are against the plain LoRA "
             "of the same placement.",
             "",
@@ -999,8 +1033,8 @@ def markdown(result):
             lines += [
                 f"## Peak memory, {phase}, {window} s encoder window",
                 "",
-                "Memory over the loaded base model, fresh process per "
-                "system: *state* = tensors the system keeps (adapters, "
+                "Memory over the loaded base model: *state* = tensors the "
+                "system keeps (adapters, "
                 "gate, optimiser state, merge backups, expert stacks), "
                 f"counted; *{step}* = growth of the peak RSS over the RSS "
                 f"before one warm {step}"
@@ -1096,6 +1130,7 @@ def main(argv=None):
                 train_placements=args.train_placement_names,
                 top1=args.top1,
                 rank=args.rank,
+                lora_dropout=args.lora_dropout,
                 targets=list(TARGETS),
                 new_tokens=args.new_tokens,
                 decode_batch=args.decode_batch,
