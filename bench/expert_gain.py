@@ -16,39 +16,33 @@ Authors
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 
+from speechbrain_lora_experts.recipe_runner import load_metrics, run_recipe
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-RECIPE = os.path.join(
-    os.path.dirname(HERE), "recipes", "CommonVoice", "ASR", "lora_experts"
-)
 
 
 def run_expert(args, epochs, out):
-    command = [
-        sys.executable,
-        "train.py",
-        "hparams/expert.yaml",
-        f"--language={args.language}",
-        f"--data_folder={args.data_folder}",
-        f"--whisper_hub={args.whisper}",
-        f"--whisper_save_folder={os.path.join(args.work, 'hub')}",
-        f"--output_folder={out}",
-        f"--expert_pool={os.path.join(out, 'pool')}",
-        f"--number_of_epochs={epochs}",
-        f"--batch_size={args.batch_size}",
-        f"--lr={args.lr}",
-        f"--encoder_window_s={args.window}",
-        "--valid_search_interval=0",
-        "--device=cpu",
-        "--precision=fp32",
-    ]
+    """One expert run; returns its per-language metrics and seconds."""
     start = time.time()
-    subprocess.run(command, cwd=RECIPE, check=True)
-    with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
-        metrics = json.load(f)
+    run_recipe(
+        "expert.yaml",
+        dict(
+            language=args.language,
+            data_folder=args.data_folder,
+            whisper_hub=args.whisper,
+            whisper_save_folder=os.path.join(args.work, "hub"),
+            output_folder=out,
+            expert_pool=os.path.join(out, "pool"),
+            number_of_epochs=epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            encoder_window_s=args.window,
+            valid_search_interval=0,
+        ),
+    )
+    metrics = load_metrics(out)
     return metrics["per_language"][args.language], time.time() - start
 
 
