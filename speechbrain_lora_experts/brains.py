@@ -474,12 +474,15 @@ class DistillBrain(WhisperExpertsBrain):
         shares_encoder = not any(
             name.startswith("encoder.") for name in self.experts.layers
         )
+        # The teacher is a fixed target: no dropout, no graph.
+        self.whisper.eval()
         with torch.no_grad():
             self.experts.route(self.lang_ids(batch))
             teacher_enc = self.whisper.forward_encoder(mel)
             teacher = self.whisper.forward_decoder(
                 teacher_enc, tokens_bos, use_cache=False
             )[0]
+        self.whisper.train()
         self.set_routing(batch, stage)
         if shares_encoder:
             enc = teacher_enc
