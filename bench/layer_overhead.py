@@ -78,10 +78,12 @@ def main():
     # that load changes on the machine hit all of them alike.
     systems = [("plain Whisper", 0, model)]
     counts = [int(n) for n in args.experts.split(",")]
-    for n in counts:
-        routed, _ = load_model(args.whisper)
+
+    def pool_of(n):
+        """A fresh model carrying n experts with non-zero updates."""
+        net, _ = load_model(args.whisper)
         experts = WhisperLoRAExperts(
-            routed,
+            net,
             n_experts=n,
             rank=args.rank,
             alpha=2 * args.rank,
@@ -90,18 +92,15 @@ def main():
         with torch.no_grad():
             for p in experts.parameters():
                 p.normal_(0, 0.01)
+        return net, experts
+
+    for n in counts:
+        routed, experts = pool_of(n)
         # Distinct experts per utterance: a mixed-language batch.
         experts.route(torch.arange(args.batch) % n)
         systems.append((f"routed, {n} experts", n, routed))
         if n == max(counts):
-            mixed, _ = load_model(args.whisper)
-            pool = WhisperLoRAExperts(
-                mixed,
-                n_experts=n,
-                rank=args.rank,
-                alpha=2 * args.rank,
-                targets=["q_proj", "v_proj", "fc1", "fc2"],
-            )
+            mixed, pool = pool_of(n)
             pool.mix(torch.softmax(torch.randn(args.batch, n), dim=-1))
             systems.append((f"dense mix, {n} experts", n, mixed))
     times = {name: [] for name, _, _ in systems}
