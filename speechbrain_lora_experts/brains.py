@@ -48,8 +48,6 @@ class WhisperExpertsBrain(sb.Brain):
     ``train_logger``, ``output_folder``; optionally ``lr_annealing``.
     """
 
-    # Which logits produce hypotheses: subclasses may route differently at
-    # evaluation than at training (distillation evaluates the student).
     def set_routing(self, batch, stage):
         """Sets the experts' routing for this batch (before the encoder)."""
 
@@ -134,22 +132,25 @@ class WhisperExpertsBrain(sb.Brain):
         }
 
     # Loss -------------------------------------------------------------------
-    def token_loss(self, logits, batch):
-        """Masked cross-entropy over the targets the scenario teaches."""
+    def loss_mask(self, batch):
+        """``[B, T]`` target positions the scenario teaches."""
         tokens_eos, tokens_eos_lens = batch.tokens_eos
-        mask = target_mask(
+        return target_mask(
             tokens_eos_lens, tokens_eos.shape, self.language_aware
         )
+
+    def token_loss(self, logits, batch):
+        """Masked cross-entropy over the targets the scenario teaches."""
         return masked_cross_entropy(
             logits,
-            tokens_eos,
-            mask,
+            batch.tokens_eos.data,
+            self.loss_mask(batch),
             getattr(self.hparams, "label_smoothing", 0.0),
-        ), mask
+        )
 
     def compute_objectives(self, predictions, batch, stage):
         """Cross-entropy (+ what subclasses add); scores hypotheses."""
-        loss, _ = self.token_loss(predictions["logits"], batch)
+        loss = self.token_loss(predictions["logits"], batch)
         loss = loss + self.extra_loss(predictions, batch, stage)
         if "hyps" in predictions:
             self.scorer.append(
@@ -495,15 +496,11 @@ class DistillBrain(WhisperExpertsBrain):
         """Distillation loss when training, plain CE when evaluating."""
         if "teacher_logits" not in predictions:
             return super().compute_objectives(predictions, batch, stage)
-        tokens_eos, tokens_eos_lens = batch.tokens_eos
-        mask = target_mask(
-            tokens_eos_lens, tokens_eos.shape, self.language_aware
-        )
         loss, _, _ = distillation_loss(
             predictions["logits"],
             predictions["teacher_logits"],
-            tokens_eos,
-            mask,
+            batch.tokens_eos.data,
+            self.loss_mask(batch),
             weight=self.hparams.distill_weight,
             temperature=self.hparams.distill_temperature,
             label_smoothing=getattr(self.hparams, "label_smoothing", 0.0),
