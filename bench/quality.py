@@ -29,7 +29,9 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from speechbrain_lora_experts.recipe_runner import load_metrics, run_recipe
 
@@ -48,16 +50,22 @@ SYSTEMS = {
     "full_finetune": ("full_finetune.yaml", {}),
 }
 BASELINE = "multilingual_lora"
+FAILED = {}  # run name -> why, filled by run_one
 SETTINGS = {
     # CPU: whisper-base, short window, a few epochs.
     "small": dict(epochs=3, batch_size=4, window=10.0, lr=1e-3),
-    # GPU: the same comparison with Whisper's full window and more epochs.
-    "full": dict(epochs=6, batch_size=16, window=30.0, lr=1e-3),
+    # GPU: more data per language, bigger batches, more epochs; the window
+    # covers the longest clip of a Bible-text make_corpus corpus (18.3 s).
+    "full": dict(epochs=5, batch_size=16, window=20.0, lr=1e-3),
 }
 
 
-def run_one(args, hparams, out, overrides, log):
-    """One recipe run with the setting's values, unless already done."""
+def run_one(args, hparams, out, overrides):
+    """One recipe run with the setting's values, unless already done.
+
+    The run's output goes to ``<work>/logs/<run>.log``, so parallel runs
+    keep readable logs.
+    """
     if os.path.isfile(os.path.join(out, "metrics.json")):
         return 0.0
     if args.collect_only:
@@ -79,64 +87,109 @@ def run_one(args, hparams, out, overrides, log):
     if args.max_utterances:
         values["max_utterances"] = args.max_utterances
     values.update(overrides)
-    return run_recipe(hparams, values, log=log, device=args.device)
+    logs = os.path.join(args.work, "logs")
+    os.makedirs(logs, exist_ok=True)
+    name = os.path.relpath(out, args.work).replace(os.sep, "_")
+    path = os.path.join(logs, name + ".log")
+    with open(path, "a") as log:
+        try:
+            return run_recipe(
+                hparams,
+                values,
+                log=log,
+                device=args.device,
+                precision=args.precision,
+            )
+        except subprocess.CalledProcessError as error:
+            # The other runs go on; main() names the failures at the end.
+            FAILED[name] = f"exit status {error.returncode}, see {path}"
+            return None
+
+
+def run_many(args, tasks):
+    """Runs ``{key: (hparams, out, overrides)}``, ``args.jobs`` at a time.
+
+    Independent runs share one GPU well: a whisper-base step leaves most
+    of it idle, so several processes overlap their kernels.
+    """
+    if args.jobs <= 1:
+        return {key: run_one(args, *task) for key, task in tasks.items()}
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {
+            key: pool.submit(run_one, args, *task)
+            for key, task in tasks.items()
+        }
+        return {key: future.result() for key, future in futures.items()}
 
 
 def run_all(args):
-    """Trains and evaluates everything; returns the run folders."""
+    """Trains and evaluates everything; returns the run folders.
+
+    Experts of every seed train first (all other systems read them), then
+    every system of every seed, seed by seed.
+    """
     os.makedirs(args.work, exist_ok=True)
-    runs = {}
-    timings = {}
-    with open(os.path.join(args.work, "runs.log"), "a") as log:
-        for seed in args.seeds:
-            root = os.path.join(args.work, f"seed{seed}")
-            pool = os.path.join(root, "pool")
-            for lang in args.languages:
-                key = f"expert_{lang}/seed{seed}"
-                timings[key] = run_one(
-                    args,
-                    "expert.yaml",
-                    os.path.join(root, f"expert_{lang}"),
-                    dict(language=lang, expert_pool=pool, seed=seed),
-                    log,
+    experts, systems, folders = {}, {}, {}
+    for seed in args.seeds:
+        root = os.path.join(args.work, f"seed{seed}")
+        pool = os.path.join(root, "pool")
+        for lang in args.languages:
+            experts[f"expert_{lang}/seed{seed}"] = (
+                "expert.yaml",
+                os.path.join(root, f"expert_{lang}"),
+                dict(language=lang, expert_pool=pool, seed=seed),
+            )
+        for system in args.systems:
+            for scenario in args.scenarios:
+                hparams, extra = SYSTEMS[system]
+                out = os.path.join(root, f"{system}_{scenario}")
+                overrides = dict(
+                    languages=args.languages,
+                    language_aware=SCENARIOS[scenario],
+                    expert_pool=pool,
+                    seed=seed,
                 )
-            for system in args.systems:
-                for scenario in args.scenarios:
-                    hparams, extra = SYSTEMS[system]
-                    out = os.path.join(root, f"{system}_{scenario}")
-                    overrides = dict(
-                        languages=args.languages,
-                        language_aware=SCENARIOS[scenario],
-                        expert_pool=pool,
-                        seed=seed,
-                    )
-                    overrides.update(extra)
-                    if system == "full_finetune":
-                        overrides["lr"] = args.full_finetune_lr
-                    if system in (
-                        "expert_oracle",
-                        "merge_linear",
-                        "merge_ties",
-                    ):
-                        # No gate exists to name the language.
-                        overrides["lid_source"] = "decoder"
-                    seconds = run_one(args, hparams, out, overrides, log)
-                    timings[f"{system}_{scenario}/seed{seed}"] = seconds
-                    if os.path.isfile(os.path.join(out, "metrics.json")):
-                        runs.setdefault((system, scenario), []).append(out)
+                overrides.update(extra)
+                if system == "full_finetune":
+                    overrides["lr"] = args.full_finetune_lr
+                if system in ("expert_oracle", "merge_linear", "merge_ties"):
+                    # No gate exists to name the language.
+                    overrides["lid_source"] = "decoder"
+                key = f"{system}_{scenario}/seed{seed}"
+                systems[key] = (hparams, out, overrides)
+                folders[key] = (system, scenario, seed, out)
+    timings = run_many(args, experts)
+    timings.update(run_many(args, systems))
+    runs = {}
+    for system, scenario, seed, out in folders.values():
+        if os.path.isfile(os.path.join(out, "metrics.json")):
+            runs.setdefault((system, scenario), {})[seed] = out
     return runs, timings
 
 
 def summarise(runs, languages):
-    """Mean/std over seeds of per-language rates, macro, LID accuracy."""
+    """Mean/std over seeds of per-language rates, macro, LID accuracy.
+
+    Gains against the multilingual LoRA of the same scenario come twice:
+    from the means over whatever seeds finished, and paired, seed by seed,
+    over the seeds both systems finished (the fair one when a run failed).
+    """
     table = {}
-    for (system, scenario), folders in runs.items():
+    macros_by_seed = {}
+    for (system, scenario), by_seed in runs.items():
         entry = {}
         for test, prefix in (("in_domain", ""), ("out_of_domain", "fleurs_")):
-            metrics = [load_metrics(f, prefix) for f in folders]
-            metrics = [m for m in metrics if m is not None]
+            metrics = {
+                seed: load_metrics(folder, prefix)
+                for seed, folder in by_seed.items()
+            }
+            metrics = {s: m for s, m in metrics.items() if m is not None}
             if not metrics:
                 continue
+            macros_by_seed[(system, scenario, test)] = {
+                s: m["macro"] for s, m in metrics.items()
+            }
+            metrics = list(metrics.values())
             per_lang = {}
             for lang in languages:
                 rates = [m["per_language"][lang]["error_rate"] for m in metrics]
@@ -159,15 +212,31 @@ def summarise(runs, languages):
                     None if lids[0] is None else statistics.mean(lids)
                 ),
                 seeds=len(metrics),
+                macro_by_seed={
+                    str(s): m
+                    for s, m in macros_by_seed[(system, scenario, test)].items()
+                },
             )
         table[f"{system}/{scenario}"] = entry
     for key, entry in table.items():
-        scenario = key.split("/")[1]
+        system, scenario = key.split("/")
         baseline = table.get(f"{BASELINE}/{scenario}", {})
         for test, numbers in entry.items():
             base = baseline.get(test, {}).get("macro")
             numbers["relative_gain_vs_multilingual_lora"] = (
                 None if not base else 100.0 * (base - numbers["macro"]) / base
+            )
+            own = macros_by_seed[(system, scenario, test)]
+            ref = macros_by_seed.get((BASELINE, scenario, test), {})
+            gains = [
+                100.0 * (ref[s] - own[s]) / ref[s]
+                for s in sorted(own)
+                if ref.get(s)
+            ]
+            numbers["paired_gain"] = dict(
+                mean=statistics.mean(gains) if gains else None,
+                std=statistics.pstdev(gains) if gains else None,
+                seeds=len(gains),
             )
     return table
 
@@ -175,7 +244,7 @@ def summarise(runs, languages):
 def markdown(table, languages, test):
     """One markdown table of a test set."""
     head = "| system | scenario | " + " | ".join(languages)
-    head += " | macro | gain vs ML-LoRA | LID acc |\n"
+    head += " | macro | paired gain vs ML-LoRA (seeds) | LID acc |\n"
     head += "|---" * (len(languages) + 5) + "|\n"
     rows = []
     for key, entry in table.items():
@@ -186,7 +255,7 @@ def markdown(table, languages, test):
         cells = [
             f"{numbers['per_language'][lang]['mean']:.1f}" for lang in languages
         ]
-        gain = numbers["relative_gain_vs_multilingual_lora"]
+        paired = numbers["paired_gain"]
         lid = numbers["lid_accuracy"]
         macro = f"{numbers['macro']:.1f}"
         if numbers["seeds"] > 1:
@@ -195,7 +264,12 @@ def markdown(table, languages, test):
             f"| {system} | {scenario} | "
             + " | ".join(cells)
             + f" | {macro} | "
-            + ("–" if gain is None else f"{gain:+.1f}%")
+            + (
+                "–"
+                if paired["mean"] is None
+                else f"{paired['mean']:+.1f}% ± {paired['std']:.1f} "
+                f"({paired['seeds']})"
+            )
             + " | "
             + ("–" if lid is None else f"{100 * lid:.0f}%")
             + " |"
@@ -236,9 +310,11 @@ def plot(table, runs, languages, out_prefix):
         plt.close(fig)
         paths.append(path)
     for scenario in SCENARIOS:
-        folders = runs.get(("fusion_gate", scenario), [])
+        by_seed = runs.get(("fusion_gate", scenario), {})
         path_json = (
-            os.path.join(folders[0], "gate_weights.json") if folders else ""
+            os.path.join(by_seed[min(by_seed)], "gate_weights.json")
+            if by_seed
+            else ""
         )
         if not os.path.isfile(path_json):
             continue
@@ -285,6 +361,14 @@ def main(argv=None):
     parser.add_argument("--max_utterances", type=int, default=None)
     parser.add_argument("--full_finetune_lr", type=float, default=1e-5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--precision",
+        default=None,
+        help="fp32, bf16 or fp16 (default: fp32 on CPU, the recipe's on GPU)",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="recipe runs at a time"
+    )
     parser.add_argument("--work", default=os.path.join(HERE, "work", "quality"))
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--name", default=None)
@@ -298,6 +382,13 @@ def main(argv=None):
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.systems = args.systems.split(",")
     args.scenarios = args.scenarios.split(",")
+    # The recipe runs in its own folder: relative paths would move.
+    for name in ("whisper", "cv", "fleurs", "work", "out"):
+        value = getattr(args, name)
+        if value is not None and os.path.exists(os.path.expanduser(value)):
+            setattr(args, name, os.path.abspath(os.path.expanduser(value)))
+    args.work = os.path.abspath(args.work)
+    args.out = os.path.abspath(args.out)
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems {sorted(unknown)}")
@@ -321,15 +412,18 @@ def main(argv=None):
         results=table,
         seconds_per_run=timings,
         wall_seconds=time.time() - start,
+        failed_runs=dict(FAILED),
     )
     with open(prefix + ".json", "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2, ensure_ascii=False)
     text = (
         f"Whisper: `{args.whisper}`; setting `{args.setting}` "
         f"({SETTINGS[args.setting]}); seeds {args.seeds}; greedy decoding. "
-        "Error rates in % (WER, CER for zh/ja/th...), mean over seeds; gain "
-        "= relative macro reduction vs the multilingual LoRA of the same "
-        "scenario.\n\n### In-domain test\n\n"
+        "Error rates in % (WER, CER for zh/ja/th...), mean over the seeds "
+        "that finished; macro ± std over seeds. Paired gain = relative macro "
+        "reduction vs the multilingual LoRA of the same scenario and seed, "
+        "mean ± std over the seeds both finished (count in brackets)."
+        "\n\n### In-domain test\n\n"
         + markdown(table, args.languages, "in_domain")
     )
     if args.fleurs:
@@ -343,6 +437,11 @@ def main(argv=None):
     with open(prefix + ".md", "w", encoding="utf-8") as f:
         f.write(text + "\n")
     print(text)
+    if FAILED:
+        raise SystemExit(
+            "runs failed (the report covers the others): "
+            + "; ".join(f"{k}: {v}" for k, v in FAILED.items())
+        )
     return result
 
 

@@ -58,6 +58,10 @@ class ExpertRouting:
         self.index = None
         self.weights = None
         self.uniform = None
+        # Every adapted layer asks for the same inflated, device-placed
+        # routing tensors; computing them once per batch keeps a host to
+        # device copy out of each of the model's LoRA layers.
+        self._inflated = {}
 
     def route(self, index):
         """Routes utterance ``b`` through expert ``index[b]`` (-1: none).
@@ -103,11 +107,19 @@ class ExpertRouting:
 
     def index_for(self, batch, device):
         """The per-utterance expert index inflated to ``batch`` rows."""
-        return _inflate(self.index, batch).to(device)
+        key = ("index", batch, device)
+        if key not in self._inflated:
+            self._inflated[key] = _inflate(self.index, batch).to(device)
+        return self._inflated[key]
 
-    def weights_for(self, batch):
+    def weights_for(self, batch, device=None, dtype=None):
         """The ``[batch, N]`` mixing weights inflated to ``batch`` rows."""
-        return _inflate(self.weights, batch)
+        key = ("weights", batch, device, dtype)
+        if key not in self._inflated:
+            self._inflated[key] = _inflate(self.weights, batch).to(
+                device=device, dtype=dtype
+            )
+        return self._inflated[key]
 
 
 def _inflate(tensor, batch):
@@ -312,7 +324,7 @@ class LoRAExpertsLinear(nn.Module):
         if mode == "route":
             return out + self._routed(x)
         if mode == "mix":
-            weights = self.routing.weights_for(x.shape[0]).to(x.dtype)
+            weights = self.routing.weights_for(x.shape[0], x.device, x.dtype)
             shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (self.n_experts,)
             return out + self._mixed(x, weights.view(shape))
         if mode == "token":

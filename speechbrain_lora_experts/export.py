@@ -224,6 +224,7 @@ def _save_gates(folder, info, experts, gate):
             "temperature": gate.temperature,
             "top_k": gate.top_k,
             "language_aware": gate.language_aware,
+            "features": gate.features,
         }
     elif experts.token_gates:
         module, name = experts.token_gates, TOKEN_GATE_WEIGHTS
@@ -311,6 +312,10 @@ def hyperparams_values(info):
             values["gate_hidden_size"] = json.dumps(gate["hidden_size"])
             values["gate_top_k"] = json.dumps(gate["top_k"])
             values["gate_language_aware"] = json.dumps(gate["language_aware"])
+            # Models exported before the option existed read layer inputs.
+            values["gate_features"] = json.dumps(
+                gate.get("features", "first_adapted")
+            )
     return values
 
 

@@ -19,6 +19,8 @@ Authors
 import torch
 import torch.nn as nn
 
+GATE_FEATURES = ("base_encoder", "first_adapted")
+
 
 def valid_frame_mask(n_frames, valid_fraction):
     """``[B, n_frames]`` mask of frames that hold audio.
@@ -69,6 +71,15 @@ class UtteranceGate(nn.Module):
         Condition on the known language (``forward(..., language=...)``).
     dropout : float
         Dropout before the output layer.
+    features : str
+        What ``GateTap`` feeds the gate: ``base_encoder`` (the frozen
+        encoder's output, one extra encoder pass without gradient) or
+        ``first_adapted`` (the hidden states entering the first adapted
+        encoder layer, free). Low layers carry little language identity:
+        on whisper-base, a gate trained on the input of encoder layer 0
+        identified 42% of held-out utterances of 4 languages, one trained
+        on the encoder output 80% (``bench/results/quality_full.md``
+        shows what the weak features did to agnostic fusion).
 
     Example
     -------
@@ -90,8 +101,15 @@ class UtteranceGate(nn.Module):
         top_k=None,
         language_aware=False,
         dropout=0.1,
+        features="base_encoder",
     ):
         super().__init__()
+        if features not in GATE_FEATURES:
+            raise ValueError(
+                f"gate features must be one of {GATE_FEATURES}, got "
+                f"{features!r}"
+            )
+        self.features = features
         self.n_experts = n_experts
         self.temperature = temperature
         self.top_k = top_k
@@ -157,12 +175,15 @@ class UtteranceGate(nn.Module):
 class GateTap:
     """Feeds an ``UtteranceGate`` from inside Whisper's encoder.
 
-    The gate reads the hidden states entering the first encoder layer the
-    experts adapt: everything before that layer is the frozen base, so the
-    features do not depend on the gate's own decision and no extra encoder
-    pass is needed. When the experts adapt no encoder layer, the gate reads
-    the encoder output instead (also free). The tap sets the experts' mixing
-    weights in place, before any adapted layer runs.
+    The tap sits before the first encoder layer the experts adapt:
+    everything before it is the frozen base, so the gate's features never
+    depend on its own decision. With ``gate.features == "first_adapted"``
+    the gate reads those hidden states (free); with ``"base_encoder"`` the
+    tap runs the remaining encoder layers once with the experts off (no
+    gradient) and the gate reads the frozen encoder's output. When the
+    experts adapt no encoder layer, the encoder output is the base one and
+    costs nothing either way. The tap sets the experts' mixing weights in
+    place, before any adapted layer runs.
 
     Arguments
     ---------
@@ -178,6 +199,7 @@ class GateTap:
         from speechbrain_lora_experts.attach import whisper_model
 
         encoder = whisper_model(whisper).encoder
+        self.encoder = encoder
         adapted = sorted(
             int(name.split(".")[2])
             for name in experts.layers
@@ -190,8 +212,9 @@ class GateTap:
             self.handle = encoder.register_forward_hook(self._after_encoder)
         else:
             self.handle = encoder.layers[self.layer].register_forward_pre_hook(
-                self._before_layer
+                self._before_layer, with_kwargs=True
             )
+        self._base_pass = False
         self.valid_fraction = None
         self.language = None
         self.weights = None
@@ -219,8 +242,27 @@ class GateTap:
         )
         self.experts.mix(self.weights)
 
-    def _before_layer(self, module, args):
-        self._route(args[0])
+    def _before_layer(self, module, args, kwargs):
+        if self._base_pass:
+            return None
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if getattr(self.gate, "features", "first_adapted") == "base_encoder":
+            hidden = self._base_encoder_output(hidden)
+        self._route(hidden)
+        return None
+
+    @torch.no_grad()
+    def _base_encoder_output(self, hidden):
+        # prepare() switched the experts off: these are the frozen layers.
+        # The tapped layer runs again here; its hook must not re-enter.
+        self._base_pass = True
+        try:
+            for layer in self.encoder.layers[self.layer :]:
+                out = layer(hidden, attention_mask=None)
+                hidden = out[0] if isinstance(out, tuple) else out
+        finally:
+            self._base_pass = False
+        return self.encoder.layer_norm(hidden)
 
     def _after_encoder(self, module, args, output):
         self._route(output.last_hidden_state)

@@ -45,7 +45,7 @@ def yaml_value(value):
     return str(value)
 
 
-def run_recipe(hparams, overrides, log=None, device="cpu"):
+def run_recipe(hparams, overrides, log=None, device="cpu", precision=None):
     """Runs ``train.py hparams/<hparams>`` with ``overrides``.
 
     Arguments
@@ -57,7 +57,10 @@ def run_recipe(hparams, overrides, log=None, device="cpu"):
     log : file
         Receives the command and the run's output (default: inherit).
     device : str
-        ``cpu`` (adds ``--precision=fp32``) or e.g. ``cuda:0``.
+        ``cpu`` or e.g. ``cuda:0``.
+    precision : str, optional
+        SpeechBrain's ``--precision`` (fp32, fp16, bf16); default fp32 on
+        CPU and SpeechBrain's own default elsewhere.
 
     Returns
     -------
@@ -70,8 +73,10 @@ def run_recipe(hparams, overrides, log=None, device="cpu"):
     command = [sys.executable, "train.py", os.path.join("hparams", hparams)]
     command += [f"--{k}={yaml_value(v)}" for k, v in overrides.items()]
     command += [f"--device={device}"]
-    if device == "cpu":
-        command += ["--precision=fp32"]
+    if precision is None and device == "cpu":
+        precision = "fp32"
+    if precision is not None:
+        command += [f"--precision={precision}"]
     if log is not None:
         log.write(" ".join(command) + "\n")
         log.flush()

@@ -188,11 +188,20 @@ def test_static_merges():
     layer.unmerge()
     merged = ties_merge(deltas, density=0.5)
     # Kept entries agree in sign with the elected sign; half are trimmed.
-    elected = torch.sign(sum(
-        torch.where(d.abs() >= d.abs().flatten().kthvalue(
-            d.numel() - d.numel() // 2 + 1).values, d, torch.zeros_like(d))
-        for d in deltas
-    ))
+    elected = torch.sign(
+        sum(
+            torch.where(
+                d.abs()
+                >= d.abs()
+                .flatten()
+                .kthvalue(d.numel() - d.numel() // 2 + 1)
+                .values,
+                d,
+                torch.zeros_like(d),
+            )
+            for d in deltas
+        )
+    )
     assert bool(((torch.sign(merged) == elected) | (merged == 0)).all())
     with pytest.raises(ValueError, match="does not fit"):
         layer.merge_delta(torch.zeros(3, 3))
