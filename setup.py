@@ -19,7 +19,13 @@ setup(
     long_description=long_description,
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    packages=find_packages(include=["speechbrain_lora_experts*"]),
+    packages=find_packages(include=["speechbrain_lora_experts*"])
+    + ["speechbrain_lora_experts.hparams"],
+    # The pretrained-interface yamls live in the top-level hparams/ (where
+    # SpeechBrain users look for them) and ship inside the package, so a
+    # non-editable install can still export model folders.
+    package_dir={"speechbrain_lora_experts.hparams": "hparams"},
+    package_data={"speechbrain_lora_experts.hparams": ["*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         "torch",

@@ -8,7 +8,9 @@ encoder window of ``--window``:
   cache (``decoding.greedy_decode``). End-of-text is masked out so every
   system decodes exactly ``--new-tokens`` tokens. Systems: plain Whisper
   (the baseline); N experts fused by the utterance gate (``UtteranceGate``
-  fed by ``GateTap``, dense softmax weights and top-1); one expert merged
+  fed by ``GateTap``, dense softmax weights and top-1; the gate reads the
+  frozen encoder's output, its default, and once per placement the free
+  input of the first adapted layer instead); one expert merged
   into the weights (``WhisperLoRAExperts.merge``); one routed expert
   (unmerged, for reference). Each with the experts on encoder+decoder, on
   the encoder from layer k plus the decoder (``enck+dec``: the gate taps
@@ -364,9 +366,24 @@ def decode_specs(args):
                         place=place,
                         n=n,
                         top_k=top_k,
+                        features="base_encoder",
                         name=f"fused {n}, {gate} gate [{place}]",
                     )
                 )
+        if place != "dec":
+            # The free gate input (hidden states entering the first adapted
+            # layer) against the default one extra encoder pass; with
+            # decoder-only experts both read the encoder output.
+            specs.append(
+                dict(
+                    kind="fused",
+                    place=place,
+                    n=top,
+                    top_k=None,
+                    features="first_adapted",
+                    name=f"fused {top}, dense gate on layer input [{place}]",
+                )
+            )
         for kind in ("routed", "merged"):
             specs.append(
                 dict(
@@ -450,7 +467,10 @@ class DecodeSystem:
             self.pool = attach(whisper, names, args, spec["place"])
         if kind == "fused":
             gate = UtteranceGate.for_whisper(
-                whisper, spec["n"], top_k=spec["top_k"]
+                whisper,
+                spec["n"],
+                top_k=spec["top_k"],
+                features=spec["features"],
             )
             gate.to(args.device).eval()
             self.tap = GateTap(whisper, self.pool, gate)
@@ -734,12 +754,15 @@ def storage_key(tensor):
     return (storage.data_ptr(), storage.nbytes())
 
 
-def system_state_bytes(whisper, base_storages, gate=None, optimizer=None):
+def system_state_bytes(
+    whisper, base_storages, gate=None, optimizer=None, pool=None
+):
     """Bytes a system keeps beyond the base model's own tensors.
 
-    Adapters, gate, optimiser state, merge backups and stacked-expert
-    caches: every tensor reachable from the system whose storage is not one
-    of the base model's.
+    Adapters, gate, optimiser state, merge backups, stacked-expert caches
+    and folded inference weights: every tensor reachable from the system
+    whose storage is not one of the base model's. ``pool`` reaches the
+    expert layers a merge swapped out of the module tree.
     """
     tensors = list(whisper.parameters()) + list(whisper.buffers())
     if gate is not None:
@@ -747,13 +770,19 @@ def system_state_bytes(whisper, base_storages, gate=None, optimizer=None):
     if optimizer is not None:
         for state in optimizer.state.values():
             tensors += [v for v in state.values() if torch.is_tensor(v)]
-    for module in whisper.modules():
+    modules = list(whisper.modules())
+    if pool is not None:
+        modules += list(pool.layers.values()) + list(pool.modules())
+    for module in modules:
         backup = getattr(module, "_merged_from", None)
         if backup is not None:
             tensors.append(backup)
         cache = getattr(module, "_stack_cache", None)
         if cache is not None:
             tensors += list(cache[1])
+        effective = getattr(module, "_effective", None)
+        if effective is not None and effective[1] is not None:
+            tensors.append(effective[1])
     storages = {storage_key(t) for t in tensors} - base_storages
     return sum(size for _, size in storages)
 
@@ -821,7 +850,9 @@ def run_probe(args):
             system.fit_batch(warm)
         gc.collect()
         known = base_storages | {storage_key(t) for t in replaced}
-        state = system_state_bytes(whisper, known, gate, optimizer)
+        state = system_state_bytes(
+            whisper, known, gate, optimizer, getattr(system, "pool", None)
+        )
         results.append(measure_step(step, state, args.device))
         del system, whisper, step, replaced, gate, optimizer
         gc.collect()

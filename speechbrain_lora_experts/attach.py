@@ -262,10 +262,12 @@ class WhisperLoRAExperts(nn.Module):
     # Routing shortcuts ----------------------------------------------------
     def route(self, index):
         """Per-utterance expert index ``[B]`` (-1: base only), or one int."""
+        self._check_not_merged()
         self.routing.route(index)
 
     def mix(self, weights):
         """Per-utterance mixing weights ``[B, N]``."""
+        self._check_not_merged()
         self.routing.mix(weights)
 
     def off(self):
@@ -276,6 +278,7 @@ class WhisperLoRAExperts(nn.Module):
         """Let every layer's token-level gate mix the experts."""
         if not self.token_gates:
             raise RuntimeError("call add_token_gates() first")
+        self._check_not_merged()
         self.routing.token_gate()
 
     def add_token_gates(self, temperature=1.0):
@@ -336,6 +339,7 @@ class WhisperLoRAExperts(nn.Module):
         for layer in self.layers.values():
             layer.merge(expert=expert, weights=weights)
         self.routing.off()
+        self._swap_wrappers(merged=True)
 
     def merge_static(self, method="linear", **kwargs):
         """Merges all experts into Whisper without training.
@@ -357,11 +361,32 @@ class WhisperLoRAExperts(nn.Module):
                 deltas = [e.delta_weight() for e in layer.experts]
                 layer.merge_delta(MERGES[method](deltas, **kwargs))
         self.routing.off()
+        self._swap_wrappers(merged=True)
 
     def unmerge(self):
         """Restores the base weights exactly."""
         for layer in self.layers.values():
             layer.unmerge()
+        self._swap_wrappers(merged=False)
+
+    def _swap_wrappers(self, merged):
+        """Puts each plain ``nn.Linear`` (merged) or its wrapper in Whisper.
+
+        A merged model needs no wrapper: swapping it out removes the last
+        per-layer Python overhead, so merged decoding costs what plain
+        Whisper costs. The wrappers stay in ``self.layers`` for unmerge.
+        """
+        for name, layer in self.layers.items():
+            parent_name, _, attr = name.rpartition(".")
+            parent = self._model.get_submodule(parent_name)
+            setattr(parent, attr, layer.base if merged else layer)
+
+    def _check_not_merged(self):
+        if self.merged:
+            raise RuntimeError(
+                "an expert is merged into the weights; call unmerge() "
+                "before routing or mixing experts"
+            )
 
     @property
     def merged(self):

@@ -62,6 +62,9 @@ class ExpertRouting:
         # routing tensors; computing them once per batch keeps a host to
         # device copy out of each of the model's LoRA layers.
         self._inflated = {}
+        # Counts routing changes, so layers know when their cached
+        # effective weights (see ``shared_update``) went stale.
+        self.generation = getattr(self, "generation", -1) + 1
 
     def route(self, index):
         """Routes utterance ``b`` through expert ``index[b]`` (-1: none).
@@ -104,6 +107,34 @@ class ExpertRouting:
         """Every layer mixes experts with its own token-level gate."""
         self.off()
         self.mode = "token"
+
+    def shared_update(self):
+        """What every utterance of the batch gets, when they all get the same.
+
+        Returns
+        -------
+        tuple or None
+            ``("base",)``, ``("expert", n)`` or ``("weights", w [N])`` when
+            the routing is the same for the whole batch; None otherwise
+            (per-utterance routing, per-token gates). Computed once per
+            routing change.
+        """
+        if "shared" not in self._inflated:
+            self._inflated["shared"] = self._shared_update()
+        return self._inflated["shared"]
+
+    def _shared_update(self):
+        if self.mode == "off":
+            return ("base",)
+        if self.mode == "route" and self.uniform is not None:
+            if self.uniform == BASE_ONLY:
+                return ("base",)
+            return ("expert", self.uniform)
+        if self.mode == "mix":
+            weights = self.weights.detach()
+            if weights.shape[0] == 1 or bool((weights == weights[:1]).all()):
+                return ("weights", weights[0])
+        return None
 
     def index_for(self, batch, device):
         """The per-utterance expert index inflated to ``batch`` rows."""
@@ -249,6 +280,7 @@ class LoRAExpertsLinear(nn.Module):
         self.token_gate_temperature = 1.0
         self._merged_from = None
         self._stack_cache = None
+        self._effective = None
 
     @property
     def in_features(self):
@@ -311,15 +343,19 @@ class LoRAExpertsLinear(nn.Module):
 
     def forward(self, x):
         """Base output plus the expert update the routing asks for."""
-        out = self.base(x)
         mode = self.routing.mode
         if mode == "off":
-            return out
+            return self.base(x)
         if self.merged:
             raise RuntimeError(
                 "an expert is merged into this layer's weight; call "
                 "unmerge() before routing or mixing experts"
             )
+        if not self.training and not torch.is_grad_enabled():
+            weight = self._effective_weight()
+            if weight is not None:
+                return nn.functional.linear(x, weight, self.base.bias)
+        out = self.base(x)
         x = self.dropout(x)
         if mode == "route":
             return out + self._routed(x)
@@ -333,6 +369,43 @@ class LoRAExpertsLinear(nn.Module):
             logits = self.token_gate(x) / self.token_gate_temperature
             return out + self._mixed(x, logits.softmax(dim=-1))
         raise ValueError(f"unknown routing mode {mode!r}")
+
+    def _effective_weight(self):
+        """``W + update`` when the whole batch shares one update, else None.
+
+        Inference only. Decoding calls each layer once per token with the
+        same routing, so folding the update into a private copy of the
+        weight once per routing change makes every later call a plain
+        ``nn.Linear`` (the LoRA path costs several small kernels per call).
+        The copy is held until the next routing change: one adapted layer's
+        weight per layer.
+        """
+        key = (self.routing.generation, self._stack_key())
+        if self._effective is not None and self._effective[0] == key:
+            return self._effective[1]
+        shared = self.routing.shared_update()
+        weight = None
+        if shared is not None and shared[0] == "base":
+            weight = self.base.weight
+        elif shared is not None:
+            a, b = self.stacked()
+            if shared[0] == "expert":
+                delta = b[shared[1]] @ a[shared[1]]
+            else:
+                w = shared[1].to(device=b.device, dtype=b.dtype)
+                n, rank = a.shape[0], a.shape[1]
+                b_mix = (b * w.view(n, 1, 1)).permute(1, 0, 2)
+                delta = b_mix.reshape(self.out_features, n * rank) @ a.reshape(
+                    n * rank, self.in_features
+                )
+            weight = self.base.weight + delta.to(self.base.weight.dtype)
+        self._effective = (key, weight)
+        return weight
+
+    def _stack_key(self):
+        params = [self.base.weight]
+        params += [p for e in self.experts for p in (e.lora_A, e.lora_B)]
+        return tuple((p.data_ptr(), p._version) for p in params)
 
     def _routed(self, x):
         uniform = self.routing.uniform

@@ -37,10 +37,25 @@ WHISPER_DIR = "whisper"
 FORMAT_VERSION = 1
 SYSTEMS = ("expert", "multilingual_lora", "full_finetune", "fuse", "distill")
 FUSIONS = ("gate", "oracle", "linear", "ties")
+
+
+def _template_dir():
+    """The installed copy of ``hparams/``, else a checkout's top level.
+
+    ``setup.py`` ships the top-level folder as the package data
+    ``speechbrain_lora_experts/hparams``; an editable install or a source
+    tree reads the top-level folder itself.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    installed = os.path.join(here, "hparams")
+    if os.path.isdir(installed):
+        return installed
+    return os.path.join(os.path.dirname(here), "hparams")
+
+
 #: Where the hyperparams templates live (top-level ``hparams/``).
-TEMPLATE_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hparams"
-)
+TEMPLATE_DIR = _template_dir()
+
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -373,7 +388,8 @@ def write_hyperparams(folder, info=None):
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"hyperparams template {path} not found; it ships in the "
-            "repository's top-level hparams/ folder (install from a checkout)"
+            "repository's top-level hparams/ folder and in the installed "
+            "package (reinstall speechbrain-lora-experts)"
         )
     with open(path, encoding="utf-8") as f:
         text = fill_template(f.read(), hyperparams_values(info))

@@ -19,7 +19,7 @@ Authors
 import torch
 import torch.nn as nn
 
-GATE_FEATURES = ("base_encoder", "first_adapted")
+GATE_FEATURES = ("whisper_lid", "base_encoder", "first_adapted")
 
 
 def valid_frame_mask(n_frames, valid_fraction):
@@ -72,24 +72,32 @@ class UtteranceGate(nn.Module):
     dropout : float
         Dropout before the output layer.
     features : str
-        What ``GateTap`` feeds the gate: ``base_encoder`` (the frozen
-        encoder's output, one extra encoder pass without gradient) or
-        ``first_adapted`` (the hidden states entering the first adapted
-        encoder layer, free). Low layers carry little language identity:
-        on whisper-base, a gate trained on the input of encoder layer 0
+        What ``GateTap`` feeds the gate. ``whisper_lid`` (default): the
+        frozen encoder's output (one extra encoder pass without gradient)
+        plus, as a prior added to the logits with a learned scale, frozen
+        Whisper's own language identification over the experts' languages
+        (one decoder step); the output layer starts at zero, so an
+        untrained gate weighs experts by Whisper's LID. ``base_encoder``:
+        the frozen encoder's output alone. ``first_adapted``: the hidden
+        states entering the first adapted encoder layer (free). Measured
+        on whisper-base: a gate trained on the input of encoder layer 0
         identified 42% of held-out utterances of 4 languages, one trained
-        on the encoder output 80% (``bench/results/quality_full.md``
-        shows what the weak features did to agnostic fusion).
+        on the encoder output 80%; in fusion runs, gates without the prior
+        learned too little LID (35-48%) for the agnostic scenario
+        (``bench/results/quality_*.md``).
 
     Example
     -------
     >>> gate = UtteranceGate(8, 3, hidden_size=16, top_k=2)
-    >>> features = torch.randn(2, 10, 8)
-    >>> weights, logits = gate(features, torch.tensor([1.0, 0.5]))
+    >>> features, valid = torch.randn(2, 10, 8), torch.tensor([1.0, 0.5])
+    >>> lid = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]).log()
+    >>> weights, logits = gate(features, valid, lid_prior=lid)
     >>> weights.shape, logits.shape
     (torch.Size([2, 3]), torch.Size([2, 3]))
     >>> (weights > 0).sum(dim=1).tolist()
     [2, 2]
+    >>> weights.argmax(dim=1).tolist()  # untrained: Whisper's LID decides
+    [0, 2]
     """
 
     def __init__(
@@ -101,7 +109,7 @@ class UtteranceGate(nn.Module):
         top_k=None,
         language_aware=False,
         dropout=0.1,
-        features="base_encoder",
+        features="whisper_lid",
     ):
         super().__init__()
         if features not in GATE_FEATURES:
@@ -120,6 +128,12 @@ class UtteranceGate(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
         self.output = nn.Linear(hidden_size, n_experts)
+        self.lid_scale = None
+        if features == "whisper_lid":
+            # Starts as Whisper's LID; training learns what to add.
+            self.lid_scale = nn.Parameter(torch.ones(()))
+            nn.init.zeros_(self.output.weight)
+            nn.init.zeros_(self.output.bias)
 
     @classmethod
     def for_whisper(cls, whisper, n_experts, **kwargs):
@@ -134,7 +148,12 @@ class UtteranceGate(nn.Module):
         """Whether the gate is told the language."""
         return self.language_embedding is not None
 
-    def logits(self, features, valid_fraction, language=None):
+    @property
+    def uses_lid_prior(self):
+        """Whether the logits add Whisper's language identification."""
+        return self.lid_scale is not None
+
+    def logits(self, features, valid_fraction, language=None, lid_prior=None):
         """Expert/language logits ``[B, N]``."""
         mask = valid_frame_mask(features.shape[1], valid_fraction)
         pooled = self.norm(masked_stats_pool(features, mask))
@@ -143,7 +162,15 @@ class UtteranceGate(nn.Module):
             if language is None:
                 raise ValueError("a language-aware gate needs language=")
             hidden = hidden + self.language_embedding(language)
-        return self.output(self.dropout(torch.relu(hidden)))
+        logits = self.output(self.dropout(torch.relu(hidden)))
+        if self.uses_lid_prior:
+            if lid_prior is None:
+                raise ValueError(
+                    "a whisper_lid gate needs lid_prior= (Whisper's language "
+                    "log-probabilities over the experts' languages)"
+                )
+            logits = logits + self.lid_scale * lid_prior.to(logits.dtype)
+        return logits
 
     def weights_from_logits(self, logits):
         """Softmax with temperature, then optional top-k renormalisation."""
@@ -156,7 +183,7 @@ class UtteranceGate(nn.Module):
             weights = sparse / sparse.sum(dim=-1, keepdim=True)
         return weights
 
-    def forward(self, features, valid_fraction, language=None):
+    def forward(self, features, valid_fraction, language=None, lid_prior=None):
         """Mixing weights ``[B, N]`` and logits ``[B, N]``.
 
         Arguments
@@ -167,8 +194,11 @@ class UtteranceGate(nn.Module):
             ``[B]`` fraction of the T frames holding audio.
         language : torch.LongTensor
             ``[B]`` expert index of the known language (aware gates only).
+        lid_prior : torch.Tensor
+            ``[B, N]`` log-probabilities of the experts' languages
+            (``whisper_lid`` gates only).
         """
-        logits = self.logits(features, valid_fraction, language)
+        logits = self.logits(features, valid_fraction, language, lid_prior)
         return self.weights_from_logits(logits), logits
 
 
@@ -180,15 +210,18 @@ class GateTap:
     depend on its own decision. With ``gate.features == "first_adapted"``
     the gate reads those hidden states (free); with ``"base_encoder"`` the
     tap runs the remaining encoder layers once with the experts off (no
-    gradient) and the gate reads the frozen encoder's output. When the
-    experts adapt no encoder layer, the encoder output is the base one and
-    costs nothing either way. The tap sets the experts' mixing weights in
-    place, before any adapted layer runs.
+    gradient) and the gate reads the frozen encoder's output; with
+    ``"whisper_lid"`` it also runs one decoder step of frozen Whisper on
+    that output for its language log-probabilities over the experts'
+    languages (the expert names). When the experts adapt no encoder layer,
+    the encoder output is the base one and costs nothing. The tap sets the
+    experts' mixing weights in place, before any adapted layer runs.
 
     Arguments
     ---------
     whisper : torch.nn.Module
-        Whisper (SpeechBrain wrapper or HF model) carrying ``experts``.
+        Whisper carrying ``experts``: SpeechBrain's wrapper (any gate) or
+        the HF model (gates without the LID prior).
     experts : WhisperLoRAExperts
         The frozen expert pool.
     gate : UtteranceGate
@@ -200,6 +233,14 @@ class GateTap:
 
         encoder = whisper_model(whisper).encoder
         self.encoder = encoder
+        self.whisper = whisper
+        if gate.features == "whisper_lid" and not hasattr(
+            whisper, "forward_decoder"
+        ):
+            raise TypeError(
+                "a whisper_lid gate needs SpeechBrain's Whisper wrapper "
+                "(speechbrain_lora_experts.whisper.Whisper) for its LID step"
+            )
         adapted = sorted(
             int(name.split(".")[2])
             for name in experts.layers
@@ -237,16 +278,33 @@ class GateTap:
     def _route(self, hidden):
         if self.valid_fraction is None:
             raise RuntimeError("call GateTap.prepare() before the forward")
+        prior = None
+        if self.gate.features == "whisper_lid":
+            prior = self._lid_prior(hidden)
         self.weights, self.logits = self.gate(
-            hidden, self.valid_fraction.to(hidden.device), self.language
+            hidden,
+            self.valid_fraction.to(hidden.device),
+            self.language,
+            lid_prior=prior,
         )
         self.experts.mix(self.weights)
+
+    @torch.no_grad()
+    def _lid_prior(self, enc_states):
+        """Frozen Whisper's log-probabilities of the experts' languages."""
+        from speechbrain_lora_experts.decoding import detect_language
+
+        # The experts are off (prepare()): this is the base decoder.
+        _, probs = detect_language(
+            self.whisper, enc_states, candidates=self.experts.expert_names
+        )
+        return probs.clamp_min(1e-8).log()
 
     def _before_layer(self, module, args, kwargs):
         if self._base_pass:
             return None
         hidden = args[0] if args else kwargs["hidden_states"]
-        if getattr(self.gate, "features", "first_adapted") == "base_encoder":
+        if self.gate.features != "first_adapted":
             hidden = self._base_encoder_output(hidden)
         self._route(hidden)
         return None

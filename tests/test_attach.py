@@ -135,8 +135,18 @@ def test_merge_whole_model_matches_routing(sb_whisper):
         routed = sb_whisper(wavs, tokens)[1]
         experts.merge("es")
         assert experts.merged
+        # Merged, Whisper holds plain Linear layers again (no overhead).
+        assert not any(
+            isinstance(m, LoRAExpertsLinear) for m in sb_whisper.modules()
+        )
+        with pytest.raises(RuntimeError, match="unmerge"):
+            experts.route(0)
         merged = sb_whisper(wavs, tokens)[1]
         experts.unmerge()
+    assert all(
+        sb_whisper.model.get_submodule(name) is layer
+        for name, layer in experts.layers.items()
+    )
     torch.testing.assert_close(merged, routed, atol=1e-4, rtol=1e-4)
     after = sb_whisper.model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in state.items())

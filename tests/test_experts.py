@@ -205,3 +205,47 @@ def test_static_merges():
     assert bool(((torch.sign(merged) == elected) | (merged == 0)).all())
     with pytest.raises(ValueError, match="does not fit"):
         layer.merge_delta(torch.zeros(3, 3))
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["expert", "base", "per_utterance", "shared_mix", "varying_mix"],
+)
+def test_inference_fast_path_matches_the_lora_path(setting):
+    """Eval + no_grad folds a batch-wide update into the weight, exactly."""
+    layer, routing = make_layer(n=3)
+    layer.eval()
+    x = torch.randn(2, 5, 12)
+    shared = torch.tensor([[0.2, 0.5, 0.3]]).expand(2, 3)
+    set_routing = {
+        "expert": lambda: routing.route(torch.tensor([1, 1])),
+        "base": lambda: routing.route(-1),
+        "per_utterance": lambda: routing.route(torch.tensor([0, 2])),
+        "shared_mix": lambda: routing.mix(shared.clone()),
+        "varying_mix": lambda: routing.mix(torch.softmax(x[:, 0, :3], -1)),
+    }[setting]
+    set_routing()
+    with torch.enable_grad():
+        reference = layer(x).detach()
+    with torch.no_grad():
+        fast = layer(x)
+        # Each decoding step reuses the folded weight.
+        again = layer(x[:, :1])
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again, reference[:, :1], atol=1e-5, rtol=1e-5)
+    folds = setting in ("expert", "base", "shared_mix")
+    assert (layer._effective[1] is not None) == folds
+    # An expert changed in place is seen at once (no stale fold).
+    with torch.no_grad():
+        for expert in layer.experts:
+            expert.lora_B.add_(1.0)
+        changed = layer(x)
+    with torch.enable_grad():
+        expected = layer(x).detach()
+    torch.testing.assert_close(changed, expected, atol=1e-5, rtol=1e-5)
+    # A new routing call invalidates the fold.
+    routing.route(0)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            layer(x), manual(layer, x, 0), atol=1e-5, rtol=1e-5
+        )
