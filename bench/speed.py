@@ -9,8 +9,9 @@ encoder window of ``--window``:
   system decodes exactly ``--new-tokens`` tokens. Systems: plain Whisper
   (the baseline); N experts fused by the utterance gate (``UtteranceGate``
   fed by ``GateTap``, dense softmax weights and top-1; the gate reads the
-  frozen encoder's output, its default, and once per placement the free
-  input of the first adapted layer instead); one expert merged
+  frozen encoder's output, and once per placement also adds Whisper's LID
+  (the default gate) or reads the free input of the first adapted layer
+  instead); one expert merged
   into the weights (``WhisperLoRAExperts.merge``); one routed expert
   (unmerged, for reference). Each with the experts on encoder+decoder, on
   the encoder from layer k plus the decoder (``enck+dec``: the gate taps
@@ -71,6 +72,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SAMPLE_RATE = 16000
 LANGUAGES = ("de", "es", "it", "ru", "fr", "zh")
 TARGETS = ("q_proj", "v_proj", "fc1", "fc2")
+EXPERT_LANGUAGES = ("de", "es", "fr", "it", "ru", "pt", "nl", "pl")
 FUSED_GOAL = 1.10
 LORA_GOAL = 1 / 3
 DISTILL_GOAL = 1.6
@@ -370,18 +372,21 @@ def decode_specs(args):
                         name=f"fused {n}, {gate} gate [{place}]",
                     )
                 )
+        # The default gate (Whisper's LID as a prior: one decoder step more)
+        # and the free one (hidden states entering the first adapted layer;
+        # with decoder-only experts it reads the encoder output anyway).
+        gates = [("whisper_lid", "with Whisper LID")]
         if place != "dec":
-            # The free gate input (hidden states entering the first adapted
-            # layer) against the default one extra encoder pass; with
-            # decoder-only experts both read the encoder output.
+            gates.append(("first_adapted", "on layer input"))
+        for features, label in gates:
             specs.append(
                 dict(
                     kind="fused",
                     place=place,
                     n=top,
                     top_k=None,
-                    features="first_adapted",
-                    name=f"fused {top}, dense gate on layer input [{place}]",
+                    features=features,
+                    name=f"fused {top}, dense gate {label} [{place}]",
                 )
             )
         for kind in ("routed", "merged"):
@@ -463,7 +468,8 @@ class DecodeSystem:
         self.replaced = []
         kind = spec["kind"]
         if kind != "plain":
-            names = [f"e{i}" for i in range(spec["n"])]
+            # Language names, so a gate with Whisper's LID prior can run.
+            names = list(EXPERT_LANGUAGES[: spec["n"]])
             self.pool = attach(whisper, names, args, spec["place"])
         if kind == "fused":
             gate = UtteranceGate.for_whisper(

@@ -44,6 +44,7 @@ def test_speed_benchmark_on_tiny_fixture(tmp_path, tiny_whisper_dir):
         "plain Whisper",
         "fused 2, dense gate [enc1+dec]",
         "fused 2, top-1 gate [enc1+dec]",
+        "fused 2, dense gate with Whisper LID [enc1+dec]",
         "fused 2, dense gate on layer input [enc1+dec]",
         "routed 1 of 2 [enc1+dec]",
         "merged 1 of 2 [enc1+dec]",
