@@ -50,7 +50,6 @@ SYSTEMS = {
     "full_finetune": ("full_finetune.yaml", {}),
 }
 BASELINE = "multilingual_lora"
-FAILED = {}  # run name -> why, filled by run_one
 SETTINGS = {
     # CPU: whisper-base, short window, a few epochs.
     "small": dict(epochs=3, batch_size=4, window=10.0, lr=1e-3),
@@ -102,7 +101,7 @@ def run_one(args, hparams, out, overrides):
             )
         except subprocess.CalledProcessError as error:
             # The other runs go on; main() names the failures at the end.
-            FAILED[name] = f"exit status {error.returncode}, see {path}"
+            args.failed[name] = f"exit status {error.returncode}, see {path}"
             return None
 
 
@@ -383,12 +382,14 @@ def main(argv=None):
     args.systems = args.systems.split(",")
     args.scenarios = args.scenarios.split(",")
     # The recipe runs in its own folder: relative paths would move.
-    for name in ("whisper", "cv", "fleurs", "work", "out"):
+    # --whisper may also be a hub id: only existing paths are made absolute.
+    for name in ("whisper", "cv", "fleurs"):
         value = getattr(args, name)
         if value is not None and os.path.exists(os.path.expanduser(value)):
             setattr(args, name, os.path.abspath(os.path.expanduser(value)))
-    args.work = os.path.abspath(args.work)
-    args.out = os.path.abspath(args.out)
+    args.work = os.path.abspath(os.path.expanduser(args.work))
+    args.out = os.path.abspath(os.path.expanduser(args.out))
+    args.failed = {}  # run name -> why, filled by run_one
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems {sorted(unknown)}")
@@ -412,7 +413,7 @@ def main(argv=None):
         results=table,
         seconds_per_run=timings,
         wall_seconds=time.time() - start,
-        failed_runs=dict(FAILED),
+        failed_runs=dict(args.failed),
     )
     with open(prefix + ".json", "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2, ensure_ascii=False)
@@ -437,10 +438,10 @@ def main(argv=None):
     with open(prefix + ".md", "w", encoding="utf-8") as f:
         f.write(text + "\n")
     print(text)
-    if FAILED:
+    if args.failed:
         raise SystemExit(
             "runs failed (the report covers the others): "
-            + "; ".join(f"{k}: {v}" for k, v in FAILED.items())
+            + "; ".join(f"{k}: {v}" for k, v in args.failed.items())
         )
     return result
 

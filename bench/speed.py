@@ -778,7 +778,7 @@ def system_state_bytes(
             tensors += [v for v in state.values() if torch.is_tensor(v)]
     modules = list(whisper.modules())
     if pool is not None:
-        modules += list(pool.layers.values()) + list(pool.modules())
+        modules += list(pool.layers.values())
     for module in modules:
         backup = getattr(module, "_merged_from", None)
         if backup is not None:

@@ -215,9 +215,8 @@ class WhisperLoRAExperts(nn.Module):
         if layer_names is None:
             layer_names = select_targets(model, targets, parts, layers)
         for name in layer_names:
-            parent_name, _, attr = name.rpartition(".")
             try:
-                parent = model.get_submodule(parent_name)
+                parent, attr = _parent(model, name)
                 base = getattr(parent, attr)
             except AttributeError:
                 raise ValueError(
@@ -377,8 +376,7 @@ class WhisperLoRAExperts(nn.Module):
         Whisper costs. The wrappers stay in ``self.layers`` for unmerge.
         """
         for name, layer in self.layers.items():
-            parent_name, _, attr = name.rpartition(".")
-            parent = self._model.get_submodule(parent_name)
+            parent, attr = _parent(self._model, name)
             setattr(parent, attr, layer.base if merged else layer)
 
     def _check_not_merged(self):
@@ -401,6 +399,12 @@ class WhisperLoRAExperts(nn.Module):
                 f"expert {expert} out of range for {self.n_experts} experts"
             )
         return int(expert)
+
+
+def _parent(model, name):
+    """The module holding submodule ``name``, and its attribute name."""
+    parent_name, _, attr = name.rpartition(".")
+    return model.get_submodule(parent_name), attr
 
 
 def _safe(name):

@@ -59,9 +59,10 @@ class ExpertRouting:
         self.weights = None
         self.uniform = None
         # Every adapted layer asks for the same inflated, device-placed
-        # routing tensors; computing them once per batch keeps a host to
-        # device copy out of each of the model's LoRA layers.
-        self._inflated = {}
+        # routing tensors and the same shared update; computing them once
+        # per batch keeps a host to device copy (and a sync) out of each of
+        # the model's LoRA layers.
+        self._per_batch = {}
         # Counts routing changes, so layers know when their cached
         # effective weights (see ``shared_update``) went stale.
         self.generation = getattr(self, "generation", -1) + 1
@@ -119,9 +120,9 @@ class ExpertRouting:
             (per-utterance routing, per-token gates). Computed once per
             routing change.
         """
-        if "shared" not in self._inflated:
-            self._inflated["shared"] = self._shared_update()
-        return self._inflated["shared"]
+        if "shared" not in self._per_batch:
+            self._per_batch["shared"] = self._shared_update()
+        return self._per_batch["shared"]
 
     def _shared_update(self):
         if self.mode == "off":
@@ -139,18 +140,18 @@ class ExpertRouting:
     def index_for(self, batch, device):
         """The per-utterance expert index inflated to ``batch`` rows."""
         key = ("index", batch, device)
-        if key not in self._inflated:
-            self._inflated[key] = _inflate(self.index, batch).to(device)
-        return self._inflated[key]
+        if key not in self._per_batch:
+            self._per_batch[key] = _inflate(self.index, batch).to(device)
+        return self._per_batch[key]
 
     def weights_for(self, batch, device=None, dtype=None):
         """The ``[batch, N]`` mixing weights inflated to ``batch`` rows."""
         key = ("weights", batch, device, dtype)
-        if key not in self._inflated:
-            self._inflated[key] = _inflate(self.weights, batch).to(
+        if key not in self._per_batch:
+            self._per_batch[key] = _inflate(self.weights, batch).to(
                 device=device, dtype=dtype
             )
-        return self._inflated[key]
+        return self._per_batch[key]
 
 
 def _inflate(tensor, batch):
@@ -318,11 +319,8 @@ class LoRAExpertsLinear(nn.Module):
         Cached while no expert parameter changes (parameter version
         counters), so decoding does not restack at every step.
         """
-        key = tuple(
-            (p.data_ptr(), p._version, p.requires_grad)
-            for e in self.experts
-            for p in (e.lora_A, e.lora_B)
-        )
+        tensors = self._lora_tensors()
+        key = (_versions(tensors), tuple(p.requires_grad for p in tensors))
         needs_graph = torch.is_grad_enabled() and any(
             p.requires_grad for p in self.experts.parameters()
         )
@@ -390,30 +388,26 @@ class LoRAExpertsLinear(nn.Module):
             return None
         if shared[0] == "base":
             return self.base(x)
-        key = (self.routing.generation, self._stack_key())
+        key = (
+            self.routing.generation,
+            _versions([self.base.weight] + self._lora_tensors()),
+        )
         if self._effective is None or self._effective[0] != key:
             self._effective = (key, self._fold(shared))
         return nn.functional.linear(x, self._effective[1], self.base.bias)
 
     @torch.no_grad()
     def _fold(self, shared):
-        """``W + BA`` of one expert or of one mix of experts."""
-        a, b = self.stacked()
-        if shared[0] == "expert":
-            a, b = a[shared[1]], b[shared[1]]
+        """``W + update`` in a private copy: what ``merge`` adds, unsaved."""
+        kind, value = shared
+        if kind == "expert":
+            delta = self.delta_weight(expert=value)
         else:
-            w = shared[1].to(device=b.device, dtype=b.dtype)
-            active = w != 0
-            a, b, w = a[active], b[active], w[active]
-            b = (b * w.view(-1, 1, 1)).permute(1, 0, 2)
-            a = a.reshape(-1, self.in_features)
-            b = b.reshape(self.out_features, -1)
-        return self.base.weight + (b @ a).to(self.base.weight.dtype)
+            delta = self.delta_weight(weights=value)
+        return self.base.weight + delta.to(self.base.weight.dtype)
 
-    def _stack_key(self):
-        params = [self.base.weight]
-        params += [p for e in self.experts for p in (e.lora_A, e.lora_B)]
-        return tuple((p.data_ptr(), p._version) for p in params)
+    def _lora_tensors(self):
+        return [p for e in self.experts for p in (e.lora_A, e.lora_B)]
 
     def _routed(self, x):
         uniform = self.routing.uniform
@@ -451,8 +445,15 @@ class LoRAExpertsLinear(nn.Module):
             raise ValueError("give exactly one of expert= or weights=")
         if expert is not None:
             return self.experts[expert].delta_weight()
-        weights = torch.as_tensor(weights, dtype=self.base.weight.dtype)
-        return sum(w * e.delta_weight() for w, e in zip(weights, self.experts))
+        # One product of rank N*R over the experts with weight (top-k
+        # mixes leave most out), rather than N dense updates summed.
+        a, b = self.stacked()
+        w = torch.as_tensor(weights).to(device=b.device, dtype=b.dtype)
+        active = w != 0
+        a, b, w = a[active], b[active], w[active]
+        b = (b * w.view(-1, 1, 1)).permute(1, 0, 2)
+        b = b.reshape(self.out_features, -1)
+        return b @ a.reshape(-1, self.in_features)
 
     @torch.no_grad()
     def merge(self, expert=None, weights=None):
@@ -487,6 +488,11 @@ class LoRAExpertsLinear(nn.Module):
         """Shown by ``print(model)``."""
         ranks = sorted({e.rank for e in self.experts})
         return f"n_experts={self.n_experts}, rank={ranks}"
+
+
+def _versions(tensors):
+    """Identity and in-place version of each tensor (a cache key)."""
+    return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
 def _per_expert(value, n_experts, name):
