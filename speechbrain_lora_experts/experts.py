@@ -15,20 +15,42 @@ whole network:
   gate ``[B, T, N]``;
 * ``off()``: base only.
 
+``routing.scope(route=..., mix=..., token=...)`` sets one of these for a
+``with`` block and restores the previous routing after it, also on errors,
+holding a lock so threads sharing a model take turns. The layers keep no
+state derived from their weights: what inference reuses between calls lives
+in the scope and goes with it.
+
 A fixed expert or weighted mix can also be merged into the base weight
-(zero inference overhead) and unmerged exactly. The math knows nothing of
-Whisper, SpeechBrain or file formats.
+(zero inference overhead) and unmerged by subtracting the same update (no
+weight copy is kept unless asked). The math knows nothing of Whisper,
+SpeechBrain or file formats.
 
 Authors
  * speechbrain-lora-experts developers 2026
 """
 
+import contextlib
 import math
+import threading
 
 import torch
 import torch.nn as nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 BASE_ONLY = -1
+
+# Optimizer steps taken in this process. Some writes leave a parameter's
+# version counter untouched (``AdamW(fused=True)``, verified on torch 2.11),
+# so the inference caches also key on this count.
+_OPTIMIZER_STEPS = [0]
+
+
+def _count_optimizer_step(optimizer, args, kwargs):
+    _OPTIMIZER_STEPS[0] += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
 
 
 class ExpertRouting:
@@ -38,34 +60,151 @@ class ExpertRouting:
     ``repeat_interleave`` (beam search keeps each utterance's hypotheses
     contiguous, as SpeechBrain's ``inflate_tensor`` does).
 
+    ``scope()`` sets a routing for one call and always restores the previous
+    one, also on exceptions; it holds a per-routing lock for the whole
+    block, so threads sharing one model take turns instead of decoding with
+    each other's experts. Tensors derived from the weights (stacked experts,
+    folded weights) are cached only inside a scope and dropped when it ends,
+    when the routing changes, and by ``release()``.
+
+    Arguments
+    ---------
+    n_experts : int
+        Pool size, to refuse out-of-range routing; None: not checked here
+        (the layers set it when they attach).
+
     Example
     -------
-    >>> routing = ExpertRouting()
-    >>> routing.route(torch.tensor([0, 1, -1]))
-    >>> routing.mode
+    >>> routing = ExpertRouting(n_experts=2)
+    >>> with routing.scope(route=torch.tensor([0, 1, -1])):
+    ...     routing.mode
     'route'
-    >>> routing.off()
     >>> routing.mode
     'off'
+    >>> routing.route(2)
+    Traceback (most recent call last):
+    ...
+    IndexError: expert index 2 out of range for 2 experts (-1: base only)
     """
 
-    def __init__(self):
-        self.off()
+    def __init__(self, n_experts=None):
+        self.n_experts = n_experts
+        self._lock = threading.RLock()
+        self._scopes = 0
+        self.generation = 0
+        self._set("off")
+
+    def _set(self, mode, index=None, weights=None, uniform=None):
+        self.mode = mode
+        self.index = index
+        self.weights = weights
+        self.uniform = uniform
+        # Every adapted layer asks for the same inflated, device-placed
+        # routing tensors; computing them once per batch keeps a host to
+        # device copy (and a sync) out of each of the model's LoRA layers.
+        self._per_batch = {}
+        # Tensors derived from the weights, kept only inside a scope.
+        self._cache = {}
+        self.generation += 1
+
+    @property
+    def lock(self):
+        """The ``threading.RLock`` a scope holds (merging takes it too).
+
+        Returns
+        -------
+        threading.RLock
+            The lock.
+        """
+        return self._lock
+
+    @property
+    def caching(self):
+        """Whether layers may keep tensors derived from their weights.
+
+        Returns
+        -------
+        bool
+            The state.
+        """
+        return self._scopes > 0
+
+    def release(self):
+        """Drops every cached tensor derived from the weights."""
+        self._cache = {}
+
+    def cached(self, key, version, build):
+        """``build()``, reused while ``version`` is unchanged in a scope.
+
+        Arguments
+        ---------
+        key : hashable
+            What is cached (e.g. the layer and the kind of tensor).
+        version : hashable
+            Everything the result depends on; a new value rebuilds it.
+        build : callable
+            Makes the tensor(s).
+
+        Returns
+        -------
+        The result of ``build()``.
+        """
+        if not self.caching:
+            return build()
+        cache = self._cache
+        entry = cache.get(key)
+        if entry is None or entry[0] != version:
+            entry = (version, build())
+            cache[key] = entry
+        return entry[1]
+
+    @contextlib.contextmanager
+    def scope(self, route=None, mix=None, token=False):
+        """Routing for the ``with`` block, restored after it.
+
+        At most one of the arguments; none means base only. Inside the
+        block ``route``/``mix``/``off`` may change the routing (e.g. a gate
+        that decides inside the encoder); the state before the block comes
+        back at its end, also when it raises. The lock is held throughout.
+
+        Arguments
+        ---------
+        route : torch.LongTensor or int
+            As ``route()``.
+        mix : torch.Tensor
+            As ``mix()``.
+        token : bool
+            As ``token_gate()``.
+
+        Yields
+        ------
+        ExpertRouting
+            self
+        """
+        given = (route is not None) + (mix is not None) + bool(token)
+        if given > 1:
+            raise ValueError("give at most one of route=, mix=, token=")
+        with self._lock:
+            saved = (self.mode, self.index, self.weights, self.uniform)
+            self._scopes += 1
+            try:
+                if route is not None:
+                    self.route(route)
+                elif mix is not None:
+                    self.mix(mix)
+                elif token:
+                    self.token_gate()
+                else:
+                    self.off()
+                yield self
+            finally:
+                self._scopes -= 1
+                self._set(*saved)
 
     def off(self):
         """Base model only."""
-        self.mode = "off"
-        self.index = None
-        self.weights = None
-        self.uniform = None
-        # Every adapted layer asks for the same inflated, device-placed
-        # routing tensors and the same shared update; computing them once
-        # per batch keeps a host to device copy (and a sync) out of each of
-        # the model's LoRA layers.
-        self._per_batch = {}
-        # Counts routing changes, so layers know when their cached
-        # effective weights (see ``shared_update``) went stale.
-        self.generation = getattr(self, "generation", -1) + 1
+        with self._lock:
+            self._set("off")
 
     def route(self, index):
         """Routes utterance ``b`` through expert ``index[b]`` (-1: none).
@@ -75,20 +214,54 @@ class ExpertRouting:
         index : torch.LongTensor or int
             Shape ``[B]``, or one int for the whole batch.
         """
-        self.off()
-        if isinstance(index, int):
-            self.mode = "route"
-            self.uniform = index
+        if isinstance(index, torch.Tensor) and index.dim() == 0:
+            index = index.item()
+        if isinstance(index, bool) or (
+            isinstance(index, float) and not index.is_integer()
+        ):
+            raise TypeError(f"expert index must be an int, got {index!r}")
+        if isinstance(index, (int, float)):
+            index = int(index)
+            self._check_range(index, index)
+            with self._lock:
+                self._set("route", uniform=index)
             return
-        index = torch.as_tensor(index, dtype=torch.long)
-        if index.dim() != 1:
-            raise ValueError(f"routing index must be [B], got {index.shape}")
-        first = int(index[0])
-        # One int makes the common all-same batch a plain LoRA matmul.
-        if bool((index == first).all()):
-            self.uniform = first
-        self.mode = "route"
-        self.index = index
+        index = torch.as_tensor(index)
+        if index.dtype.is_floating_point or index.dtype == torch.bool:
+            raise TypeError(
+                f"routing index must hold integers, got {index.dtype}"
+            )
+        if index.dim() != 1 or index.numel() == 0:
+            raise ValueError(
+                f"routing index must be [B] with B >= 1, got "
+                f"{tuple(index.shape)}"
+            )
+        index = index.long()
+        # One host sync per batch (not per layer) for the checks and the
+        # all-same test.
+        low, high, first, same = torch.stack(
+            [
+                index.min(),
+                index.max(),
+                index[0],
+                (index == index[0]).all().long(),
+            ]
+        ).tolist()
+        self._check_range(low, high)
+        with self._lock:
+            # One int makes the common all-same batch a plain LoRA matmul.
+            self._set(
+                "route", index=index, uniform=int(first) if same else None
+            )
+
+    def _check_range(self, low, high):
+        n = self.n_experts
+        if low < BASE_ONLY or (n is not None and high >= n):
+            bad = low if low < BASE_ONLY else high
+            limit = "" if n is None else f" for {n} experts"
+            raise IndexError(
+                f"expert index {bad} out of range{limit} (-1: base only)"
+            )
 
     def mix(self, weights):
         """Mixes experts with weights ``[B, N]`` (per utterance).
@@ -98,16 +271,32 @@ class ExpertRouting:
         weights : torch.Tensor
             Non-negative mixing weights, usually a softmax over experts.
         """
-        if weights.dim() != 2:
-            raise ValueError(f"mix weights must be [B, N], got {weights.shape}")
-        self.off()
-        self.mode = "mix"
-        self.weights = weights
+        if not isinstance(weights, torch.Tensor):
+            raise TypeError(
+                f"mix weights must be a tensor, got {type(weights).__name__}"
+            )
+        if not weights.dtype.is_floating_point:
+            raise TypeError(
+                f"mix weights must be floating point, got {weights.dtype}"
+            )
+        n = self.n_experts
+        if (
+            weights.dim() != 2
+            or weights.shape[0] == 0
+            or (n is not None and weights.shape[1] != n)
+        ):
+            expected = "[B, N]" if n is None else f"[B, {n}]"
+            raise ValueError(
+                f"mix weights must be {expected} with B >= 1, got "
+                f"{tuple(weights.shape)}"
+            )
+        with self._lock:
+            self._set("mix", weights=weights)
 
     def token_gate(self):
         """Every layer mixes experts with its own token-level gate."""
-        self.off()
-        self.mode = "token"
+        with self._lock:
+            self._set("token")
 
     def shared_update(self):
         """What every utterance of the batch gets, when they all get the same.
@@ -115,14 +304,15 @@ class ExpertRouting:
         Returns
         -------
         tuple or None
-            ``("base",)``, ``("expert", n)`` or ``("weights", w [N])`` when
-            the routing is the same for the whole batch; None otherwise
-            (per-utterance routing, per-token gates). Computed once per
-            routing change.
+            ``("base",)``, ``("expert", n)`` or ``("weights", w [N],
+            experts with weight)`` when the routing is the same for the
+            whole batch; None otherwise (per-utterance routing, per-token
+            gates). Computed once per routing change.
         """
-        if "shared" not in self._per_batch:
-            self._per_batch["shared"] = self._shared_update()
-        return self._per_batch["shared"]
+        per_batch = self._per_batch
+        if "shared" not in per_batch:
+            per_batch["shared"] = self._shared_update()
+        return per_batch["shared"]
 
     def _shared_update(self):
         if self.mode == "off":
@@ -134,18 +324,78 @@ class ExpertRouting:
         if self.mode == "mix":
             weights = self.weights.detach()
             if weights.shape[0] == 1 or bool((weights == weights[:1]).all()):
-                return ("weights", weights[0])
+                used = tuple(weights[0].nonzero().flatten().tolist())
+                return ("weights", weights[0], used)
         return None
 
+    def active_experts(self, device):
+        """Indices of the experts with weight anywhere in the mix, or None.
+
+        None means all of them. Found once per routing (one host sync per
+        batch, not one per layer).
+
+        Arguments
+        ---------
+        device : torch.device
+            Where the indices are wanted.
+
+        Returns
+        -------
+        torch.Tensor or None
+            The indices, None when every expert may be used.
+        """
+        per_batch = self._per_batch
+        key = ("active", device)
+        if key not in per_batch:
+            if "active" not in per_batch:
+                used = (self.weights.detach() != 0).any(dim=0).cpu()
+                # A straight-through top-k gate's zero weights still carry
+                # a gradient, which needs every expert's output.
+                dense = self.weights.requires_grad or bool(used.all())
+                per_batch["active"] = (
+                    None if dense else used.nonzero().flatten()
+                )
+            active = per_batch["active"]
+            per_batch[key] = None if active is None else active.to(device)
+        return per_batch[key]
+
     def index_for(self, batch, device):
-        """The per-utterance expert index inflated to ``batch`` rows."""
+        """The per-utterance expert index inflated to ``batch`` rows.
+
+        Arguments
+        ---------
+        batch : int
+            Rows of the input (utterances, or beams x utterances).
+        device : torch.device
+            Where the index is wanted.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch]`` expert indices.
+        """
         key = ("index", batch, device)
         if key not in self._per_batch:
             self._per_batch[key] = _inflate(self.index, batch).to(device)
         return self._per_batch[key]
 
     def weights_for(self, batch, device=None, dtype=None):
-        """The ``[batch, N]`` mixing weights inflated to ``batch`` rows."""
+        """The ``[batch, N]`` mixing weights inflated to ``batch`` rows.
+
+        Arguments
+        ---------
+        batch : int
+            Rows of the input (utterances, or beams x utterances).
+        device : torch.device
+            Where the weights are wanted.
+        dtype : torch.dtype
+            Their type.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, N]`` weights.
+        """
         key = ("weights", batch, device, dtype)
         if key not in self._per_batch:
             self._per_batch[key] = _inflate(self.weights, batch).to(
@@ -204,21 +454,48 @@ class LoRAExpert(nn.Module):
 
     @property
     def scaling(self):
-        """Multiplier of ``B @ A``."""
+        """Multiplier of ``B @ A``.
+
+        Returns
+        -------
+        float
+            ``alpha / rank`` (``alpha / sqrt(rank)`` with rsLoRA).
+        """
         root = math.sqrt(self.rank) if self.use_rslora else self.rank
         return self.alpha / root
 
     def delta_weight(self):
-        """The dense update ``[out, in]`` this expert adds to the weight."""
+        """The dense update ``[out, in]`` this expert adds to the weight.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[out, in]``.
+        """
         return self.scaling * (self.lora_B @ self.lora_A)
 
     def forward(self, x):
-        """Low-rank update of ``x`` (without the base output)."""
+        """Low-rank update of ``x`` (without the base output).
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[..., in]`` input.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[..., out]`` update.
+        """
         return (x @ self.lora_A.t()) @ self.lora_B.t() * self.scaling
 
 
 class LoRAExpertsLinear(nn.Module):
     """An ``nn.Linear`` with N LoRA experts, steered by ``ExpertRouting``.
+
+    The layer keeps no state derived from its weights: what inference
+    reuses across calls (the stacked experts, the weight with a batch-wide
+    update folded in) lives in the routing's scope and goes with it.
 
     Arguments
     ---------
@@ -244,8 +521,8 @@ class LoRAExpertsLinear(nn.Module):
     >>> layer = LoRAExpertsLinear(nn.Linear(8, 4), 3, 2, 4, routing=routing)
     >>> _ = [nn.init.normal_(e.lora_B) for e in layer.experts]
     >>> x = torch.randn(2, 5, 8)
-    >>> routing.route(torch.tensor([2, -1]))
-    >>> y = layer(x)
+    >>> with routing.scope(route=torch.tensor([2, -1])):
+    ...     y = layer(x)
     >>> torch.allclose(y[1], layer.base(x[1]))
     True
     >>> torch.allclose(y[0], layer.base(x[0]) + layer.experts[2](x[0]))
@@ -265,6 +542,8 @@ class LoRAExpertsLinear(nn.Module):
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"expected nn.Linear, got {type(base).__name__}")
+        if n_experts < 1:
+            raise ValueError(f"need at least one expert, got {n_experts}")
         self.base = base
         self.base.requires_grad_(False)
         ranks = _per_expert(rank, n_experts, "rank")
@@ -277,35 +556,89 @@ class LoRAExpertsLinear(nn.Module):
         )
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.routing = routing if routing is not None else ExpertRouting()
+        if self.routing.n_experts is None:
+            self.routing.n_experts = n_experts
+        elif self.routing.n_experts != n_experts:
+            raise ValueError(
+                f"this routing steers pools of {self.routing.n_experts} "
+                f"experts, not {n_experts}"
+            )
         self.token_gate = None
         self.token_gate_temperature = 1.0
-        self._merged_from = None
-        self._stack_cache = None
-        # Inference: (routing generation + parameter versions, W + BA).
-        self._effective = None
+        # How to take a merged update back out: (weight backup or None,
+        # a function recomputing the exact update added).
+        self._merged = None
 
     @property
     def in_features(self):
-        """Input size of the base layer."""
+        """Input size of the base layer.
+
+        Returns
+        -------
+        int
+            The size.
+        """
         return self.base.in_features
 
     @property
     def out_features(self):
-        """Output size of the base layer."""
+        """Output size of the base layer.
+
+        Returns
+        -------
+        int
+            The size.
+        """
         return self.base.out_features
 
     @property
     def n_experts(self):
-        """Number of experts in the pool."""
+        """Number of experts in the pool.
+
+        Returns
+        -------
+        int
+            The number.
+        """
         return len(self.experts)
 
     @property
     def merged(self):
-        """Whether an expert update currently lives inside the base weight."""
-        return self._merged_from is not None
+        """Whether an expert update currently lives inside the base weight.
+
+        Returns
+        -------
+        bool
+            The state.
+        """
+        return self._merged is not None
+
+    def train(self, mode=True):
+        """Switches train/eval mode and drops the inference caches.
+
+        Arguments
+        ---------
+        mode : bool
+            Training mode.
+
+        Returns
+        -------
+        LoRAExpertsLinear
+            Itself.
+        """
+        self.routing.release()
+        return super().train(mode)
 
     def add_token_gate(self, temperature=1.0):
-        """Adds a trainable token-level gate ``x -> softmax(Wx / T)``."""
+        """Adds a trainable token-level gate ``x -> softmax(Wx / T)``.
+
+        Arguments
+        ---------
+        temperature : float
+            Softmax temperature ``T``.
+        """
+        if not temperature > 0:
+            raise ValueError(f"gate temperature must be > 0: {temperature}")
         self.token_gate = nn.Linear(self.in_features, self.n_experts).to(
             device=self.base.weight.device, dtype=self.base.weight.dtype
         )
@@ -316,17 +649,25 @@ class LoRAExpertsLinear(nn.Module):
     def stacked(self):
         """Experts as ``A [N, R, in]`` and ``B [N, out, R]`` (scaling in B).
 
-        Cached while no expert parameter changes (parameter version
-        counters), so decoding does not restack at every step.
+        Without a graph to build, reused inside a routing scope while no
+        expert parameter changes, so decoding does not restack each step.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            ``(A, B)``.
         """
-        tensors = self._lora_tensors()
-        key = (_versions(tensors), tuple(p.requires_grad for p in tensors))
         needs_graph = torch.is_grad_enabled() and any(
             p.requires_grad for p in self.experts.parameters()
         )
-        if not needs_graph and self._stack_cache is not None:
-            if self._stack_cache[0] == key:
-                return self._stack_cache[1]
+        if needs_graph or not self.routing.caching:
+            return self._stack()
+        experts = range(self.n_experts)
+        return self.routing.cached(
+            (id(self), "stack"), self._weights_key(experts), self._stack
+        )
+
+    def _stack(self):
         max_rank = max(e.rank for e in self.experts)
         a_list, b_list = [], []
         for expert in self.experts:
@@ -335,14 +676,53 @@ class LoRAExpertsLinear(nn.Module):
             b_list.append(
                 nn.functional.pad(expert.lora_B * expert.scaling, (0, pad))
             )
-        stacked = torch.stack(a_list), torch.stack(b_list)
-        if not needs_graph:
-            self._stack_cache = (key, stacked)
-        return stacked
+        return torch.stack(a_list), torch.stack(b_list)
+
+    def _weights_key(self, experts):
+        """What a tensor derived from these experts and the base depends on.
+
+        Identity and in-place version of each tensor (writes through the
+        parameter, ``load_state_dict``), the scaling (alpha or rank set
+        afterwards) and the optimizer steps taken (writes that bypass the
+        version counter, as fused AdamW's). Writes through ``.data`` bypass
+        all three: they are seen when the routing scope ends.
+        """
+        # Reads the modules' dicts directly: this runs at every decoding
+        # step of every adapted layer, where nn.Module.__getattr__ and
+        # ModuleList indexing cost more than the rest of the key.
+        weight = self._modules["base"]._parameters["weight"]
+        key = [_OPTIMIZER_STEPS[0], weight.data_ptr(), weight._version]
+        modules = list(self.experts._modules.values())
+        for n in experts:
+            expert = modules[n]
+            a = expert._parameters["lora_A"]
+            b = expert._parameters["lora_B"]
+            key += (
+                a.data_ptr(),
+                a._version,
+                b.data_ptr(),
+                b._version,
+                expert.alpha,
+                expert.rank,
+                expert.use_rslora,
+            )
+        return tuple(key)
 
     def forward(self, x):
-        """Base output plus the expert update the routing asks for."""
-        mode = self.routing.mode
+        """Base output plus the expert update the routing asks for.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[..., in]`` input.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[..., out]`` output.
+        """
+        routing = self.routing
+        mode = routing.mode
         if mode == "off":
             return self.base(x)
         if self.merged:
@@ -362,9 +742,10 @@ class LoRAExpertsLinear(nn.Module):
         if mode == "route":
             return out + self._routed(x)
         if mode == "mix":
-            weights = self.routing.weights_for(x.shape[0], x.device, x.dtype)
+            weights = routing.weights_for(x.shape[0], x.device, x.dtype)
             shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (self.n_experts,)
-            return out + self._mixed(x, weights.view(shape))
+            active = routing.active_experts(x.device)
+            return out + self._mixed(x, weights.view(shape), active)
         if mode == "token":
             if self.token_gate is None:
                 raise RuntimeError("token routing needs add_token_gate()")
@@ -375,39 +756,49 @@ class LoRAExpertsLinear(nn.Module):
     def _shared_forward(self, x):
         """Inference when the whole batch shares one update, else None.
 
-        Decoding calls each layer once per token with the same routing.
-        Folding the update into a private copy of the weight (``W + BA``)
-        once per routing change makes every call one plain linear. Measured
-        on whisper-base (CPU, 1 thread, 8 experts mixed, 24 tokens): 1.14x
-        plain Whisper, against 1.21x for keeping a pre-scaled low-rank pair
-        (whose two small products per call cost more than the one-time
-        fold). The copy is held until the next routing change.
+        Folding the update into a copy of the weight (``W + BA``) makes the
+        call one plain linear. For a large input (the encoder: more rows
+        than ``in * out / (in + out)``) folding costs less than the
+        low-rank path, so the copy is made for the call and dropped. Decoding
+        calls each layer once per token with the same routing: inside a
+        routing scope, the copy of a small input's layer is kept for the
+        scope (measured on whisper-base, CPU, 1 thread, 8 experts mixed, 24
+        tokens: 1.14x plain Whisper, against 1.21x for the low-rank path).
+        Outside a scope nothing is kept: small inputs take the low-rank
+        path, as in PEFT.
         """
-        shared = self.routing.shared_update()
+        routing = self.routing
+        shared = routing.shared_update()
         if shared is None:
             return None
+        base = self._modules["base"]
         if shared[0] == "base":
-            return self.base(x)
-        key = (
-            self.routing.generation,
-            _versions([self.base.weight] + self._lora_tensors()),
-        )
-        if self._effective is None or self._effective[0] != key:
-            self._effective = (key, self._fold(shared))
-        return nn.functional.linear(x, self._effective[1], self.base.bias)
+            return base(x)
+        out_features, in_features = base.weight.shape
+        rows = x.numel() // in_features
+        if rows * (in_features + out_features) >= in_features * out_features:
+            return nn.functional.linear(x, self._fold(shared), base.bias)
+        if routing._scopes == 0:
+            return None
+        experts = (shared[1],) if shared[0] == "expert" else shared[2]
+        key = self._weights_key(experts)
+        cache = routing._cache
+        entry = cache.get((id(self), "fold"))
+        if entry is None or entry[0] != key:
+            entry = (key, self._fold(shared))
+            cache[(id(self), "fold")] = entry
+        return nn.functional.linear(x, entry[1], base.bias)
 
     @torch.no_grad()
     def _fold(self, shared):
         """``W + update`` in a private copy: what ``merge`` adds, unsaved."""
-        kind, value = shared
-        if kind == "expert":
-            delta = self.delta_weight(expert=value)
-        else:
-            delta = self.delta_weight(weights=value)
-        return self.base.weight + delta.to(self.base.weight.dtype)
-
-    def _lora_tensors(self):
-        return [p for e in self.experts for p in (e.lora_A, e.lora_B)]
+        kind, value = shared[:2]
+        left, right = self._factors(
+            expert=value if kind == "expert" else None,
+            weights=value if kind == "weights" else None,
+            used=shared[2] if kind == "weights" else None,
+        )
+        return self.base.weight + (left @ right).to(self.base.weight.dtype)
 
     def _routed(self, x):
         uniform = self.routing.uniform
@@ -418,21 +809,27 @@ class LoRAExpertsLinear(nn.Module):
                 )
             return self.experts[uniform](x)
         index = self.routing.index_for(x.shape[0], x.device)
-        keep = (index != BASE_ONLY).to(x.dtype)
         a, b = self.stacked()
         a, b = a[index.clamp(min=0)], b[index.clamp(min=0)]
         flat = x.reshape(x.shape[0], -1, x.shape[-1])
         hidden = torch.bmm(flat, a.transpose(1, 2))
-        delta = torch.bmm(hidden, b.transpose(1, 2)) * keep.view(-1, 1, 1)
+        delta = torch.bmm(hidden, b.transpose(1, 2))
+        # In the matmuls' dtype, so autocast's bf16 stays bf16.
+        keep = (index != BASE_ONLY).to(delta.dtype)
+        delta = delta * keep.view(-1, 1, 1)
         return delta.reshape(*x.shape[:-1], self.out_features)
 
-    def _mixed(self, x, weights):
-        """``sum_n w_n B_n A_n x`` as one LoRA of rank N*R."""
+    def _mixed(self, x, weights, active=None):
+        """``sum_n w_n B_n A_n x`` as one LoRA of rank N*R.
+
+        ``active``: indices of the experts with any weight in the batch
+        (top-k gates leave the others out at no cost), found once per
+        routing, so no layer waits for the device to say which.
+        """
         a, b = self.stacked()
-        # Experts with no weight anywhere in the batch cost nothing (top-k).
-        active = (weights != 0).reshape(-1, self.n_experts).any(dim=0)
-        if not bool(active.all()):
-            a, b, weights = a[active], b[active], weights[..., active]
+        if active is not None:
+            a, b = a.index_select(0, active), b.index_select(0, active)
+            weights = weights.index_select(-1, active)
         n, rank = a.shape[0], a.shape[1]
         hidden = x @ a.reshape(n * rank, -1).t()
         hidden = hidden.unflatten(-1, (n, rank)) * weights.unsqueeze(-1)
@@ -440,59 +837,166 @@ class LoRAExpertsLinear(nn.Module):
         return hidden.flatten(-2) @ b_cat.t()
 
     def delta_weight(self, expert=None, weights=None):
-        """Dense update of one expert, or of a fixed mix ``weights [N]``."""
+        """Dense update of one expert, or of a fixed mix ``weights [N]``.
+
+        Arguments
+        ---------
+        expert : int, optional
+            One expert's index.
+        weights : torch.Tensor, optional
+            ``[N]`` fixed mix instead.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[out, in]`` update.
+        """
+        left, right = self._factors(expert=expert, weights=weights)
+        return left @ right
+
+    def _factors(self, expert=None, weights=None, used=None):
+        """``left [out, K]`` and ``right [K, in]``, the update their product.
+
+        One product of rank K = the summed ranks of the experts with weight
+        (top-k mixes leave most out), rather than N dense updates summed.
+        ``used``: those experts' indices when the caller knows them (no
+        device sync to find them).
+        """
         if (expert is None) == (weights is None):
             raise ValueError("give exactly one of expert= or weights=")
+        experts = self.experts
         if expert is not None:
-            return self.experts[expert].delta_weight()
-        # One product of rank N*R over the experts with weight (top-k
-        # mixes leave most out), rather than N dense updates summed.
-        a, b = self.stacked()
-        w = torch.as_tensor(weights).to(device=b.device, dtype=b.dtype)
-        active = w != 0
-        a, b, w = a[active], b[active], w[active]
-        b = (b * w.view(-1, 1, 1)).permute(1, 0, 2)
-        b = b.reshape(self.out_features, -1)
-        return b @ a.reshape(-1, self.in_features)
+            if isinstance(expert, bool) or not (
+                0 <= int(expert) < self.n_experts
+            ):
+                raise IndexError(
+                    f"expert {expert!r} out of range for {self.n_experts} "
+                    "experts"
+                )
+            chosen = experts[int(expert)]
+            return chosen.lora_B * chosen.scaling, chosen.lora_A
+        w = torch.as_tensor(weights)
+        if w.shape != (self.n_experts,):
+            raise ValueError(
+                f"merge weights must be [{self.n_experts}], got "
+                f"{tuple(w.shape)}"
+            )
+        if used is None:
+            used = [n for n, v in enumerate(w.tolist()) if v != 0]
+        b = experts[0].lora_B
+        w = w.to(device=b.device, dtype=b.dtype)
+        if not used:
+            zeros = b.new_zeros(self.out_features, 1)
+            return zeros, zeros.new_zeros(1, self.in_features)
+        left = torch.cat(
+            [experts[n].lora_B * (experts[n].scaling * w[n]) for n in used],
+            dim=1,
+        )
+        right = torch.cat([experts[n].lora_A for n in used], dim=0)
+        return left, right
 
     @torch.no_grad()
-    def merge(self, expert=None, weights=None):
-        """Adds one expert (or a fixed mix) into the base weight.
+    def merge(self, expert=None, weights=None, keep_backup=False):
+        """Adds one expert (or a fixed mix ``weights [N]``) into the weight.
 
-        The original weight is kept so ``unmerge`` restores it bit-exactly.
+        ``unmerge`` subtracts the same update again, recomputed from a copy
+        of the low-rank factors kept here (LoRA-sized), as PEFT does: the
+        round trip is exact up to one rounding of the weight's dtype.
+
+        Arguments
+        ---------
+        expert : int
+            The expert to merge.
+        weights : list of float
+            A fixed mix ``[N]`` to merge instead.
+        keep_backup : bool
+            Also keep a full copy of the weight, so ``unmerge`` restores it
+            bit-exactly (costs the weight's size until then).
         """
-        self.merge_delta(self.delta_weight(expert=expert, weights=weights))
+        left, right = self._factors(expert=expert, weights=weights)
+        left, right = left.detach().clone(), right.detach().clone()
+        self.merge_delta(lambda: left @ right, keep_backup=keep_backup)
 
     @torch.no_grad()
-    def merge_delta(self, delta):
-        """Adds any dense update ``[out, in]`` (e.g. a TIES merge)."""
+    def merge_combined(self, combine, keep_backup=False, **kwargs):
+        """Adds ``combine(deltas, **kwargs)`` to the weight.
+
+        ``deltas`` are the experts' dense updates, in expert order.
+
+        For training-free merges of all experts (``merging.py``). The
+        experts' low-rank factors are copied (LoRA-sized), so ``unmerge``
+        recomputes the same update without keeping a dense one.
+
+        Arguments
+        ---------
+        combine : callable
+            Maps the experts' dense updates to one ``[out, in]`` update.
+        keep_backup : bool
+            As in ``merge``.
+        **kwargs
+            Passed to ``combine``.
+        """
+        factors = [
+            (e.lora_B.detach() * e.scaling, e.lora_A.detach().clone())
+            for e in self.experts
+        ]
+
+        def delta():
+            """The combined update, recomputed from the copied factors."""
+            return combine([left @ right for left, right in factors], **kwargs)
+
+        self.merge_delta(delta, keep_backup=keep_backup)
+
+    @torch.no_grad()
+    def merge_delta(self, delta, keep_backup=False):
+        """Adds any dense update ``[out, in]`` (e.g. a TIES merge).
+
+        Arguments
+        ---------
+        delta : torch.Tensor or callable
+            The update, or a function returning the same update each time
+            it is called (then only the function is kept for ``unmerge``;
+            a tensor is kept as it is).
+        keep_backup : bool
+            As in ``merge``.
+        """
         if self.merged:
             raise RuntimeError("already merged; call unmerge() first")
-        if delta.shape != self.base.weight.shape:
+        make = delta if callable(delta) else (lambda: delta)
+        update = make()
+        if update.shape != self.base.weight.shape:
             raise ValueError(
-                f"update of shape {tuple(delta.shape)} does not fit weight "
+                f"update of shape {tuple(update.shape)} does not fit weight "
                 f"{tuple(self.base.weight.shape)}"
             )
-        self._merged_from = self.base.weight.detach().clone()
-        self.base.weight.add_(delta.to(self.base.weight.dtype))
+        backup = self.base.weight.detach().clone() if keep_backup else None
+        self.routing.release()
+        self.base.weight.add_(update.to(self.base.weight.dtype))
+        self._merged = (backup, make)
 
     @torch.no_grad()
     def unmerge(self):
-        """Restores the base weight saved by ``merge``."""
+        """Takes the merged update back out of the base weight."""
         if not self.merged:
             raise RuntimeError("nothing is merged into this layer")
-        self.base.weight.copy_(self._merged_from)
-        self._merged_from = None
+        backup, make = self._merged
+        self.routing.release()
+        if backup is not None:
+            self.base.weight.copy_(backup)
+        else:
+            self.base.weight.sub_(make().to(self.base.weight.dtype))
+        self._merged = None
 
     def extra_repr(self):
-        """Shown by ``print(model)``."""
+        """Shown by ``print(model)``.
+
+        Returns
+        -------
+        str
+            Sizes, experts and rank.
+        """
         ranks = sorted({e.rank for e in self.experts})
         return f"n_experts={self.n_experts}, rank={ranks}"
-
-
-def _versions(tensors):
-    """Identity and in-place version of each tensor (a cache key)."""
-    return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
 def _per_expert(value, n_experts, name):

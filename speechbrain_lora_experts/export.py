@@ -5,9 +5,13 @@
 * every run writes a model folder, ``<output_folder>/model/``: its experts
   (or student) as PEFT folders under ``experts/``, the fusion gate as
   safetensors, fully finetuned weights as an HF Whisper folder,
-  ``model.json`` saying how to assemble them, and ``hyperparams.yaml``, the
+  ``model.json`` saying how to assemble them, ``hyperparams.yaml``, the
   HyperPyYAML that ``speechbrain_lora_experts.inference.LoRAExpertsASR
-  .from_hparams`` builds the model from.
+  .from_hparams`` builds the model from, and ``custom_interface.py``, the
+  module SpeechBrain's ``foreign_class`` imports the interface from (what a
+  model card on the hub uses). The yaml holds no path: its pretrainer reads
+  every file relative to the source it is loaded from, so the folder can be
+  moved, copied or uploaded as it is.
 
 ``export_model`` writes a model folder from the objects themselves (no
 Brain needed); ``export_run`` calls it with a finished run's hparams. The
@@ -23,6 +27,7 @@ import json
 import logging
 import os
 import re
+import shutil
 
 from speechbrain_lora_experts.languages import canonical_language
 from speechbrain_lora_experts.peft_io import save_expert
@@ -34,7 +39,19 @@ GATE_WEIGHTS = "gate.safetensors"
 TOKEN_GATE_WEIGHTS = "token_gates.safetensors"
 EXPERTS_DIR = "experts"
 WHISPER_DIR = "whisper"
+SHARED_ADAPTER_DIR = "shared_adapter"
+CUSTOM_INTERFACE = "custom_interface.py"
 FORMAT_VERSION = 1
+#: ``model.json["lora"]`` entries, written to the yaml as ``lora_<key>``.
+LORA_KEYS = (
+    "rank",
+    "alpha",
+    "use_rslora",
+    "targets",
+    "parts",
+    "layers",
+    "layer_names",
+)
 SYSTEMS = ("expert", "multilingual_lora", "full_finetune", "fuse", "distill")
 FUSIONS = ("gate", "oracle", "linear", "ties")
 
@@ -76,6 +93,7 @@ def export_model(
     whisper_save_folder="pretrained_models",
     beam_size=1,
     metadata=None,
+    shared_adapter=None,
 ):
     """Writes a model folder that ``LoRAExpertsASR.from_hparams`` loads.
 
@@ -133,15 +151,17 @@ def export_model(
     >>> import tempfile
     >>> from speechbrain_lora_experts.attach import WhisperLoRAExperts
     >>> from speechbrain_lora_experts.testing.tiny_whisper import (
-    ...     make_tiny_whisper)
+    ...     make_tiny_whisper,
+    ... )
     >>> from speechbrain_lora_experts.whisper import Whisper
     >>> hub = make_tiny_whisper(tempfile.mkdtemp())
     >>> whisper = Whisper(hub, tempfile.mkdtemp())
     >>> pool = WhisperLoRAExperts(whisper, expert_names=["de", "es"], rank=2)
-    >>> out = export_model(tempfile.mkdtemp(), "expert", ["de", "es"], hub,
-    ...     experts=pool)
+    >>> out = export_model(
+    ...     tempfile.mkdtemp(), "expert", ["de", "es"], hub, experts=pool
+    ... )
     >>> sorted(os.listdir(out))
-    ['experts', 'hyperparams.yaml', 'model.json']
+    ['custom_interface.py', 'experts', 'hyperparams.yaml', 'model.json']
     """
     if system not in SYSTEMS:
         raise ValueError(f"unknown system {system!r}; one of {SYSTEMS}")
@@ -158,6 +178,8 @@ def export_model(
     for stale in (GATE_WEIGHTS, TOKEN_GATE_WEIGHTS):
         if os.path.exists(os.path.join(folder, stale)):
             os.remove(os.path.join(folder, stale))
+    if os.path.isdir(os.path.join(folder, SHARED_ADAPTER_DIR)):
+        shutil.rmtree(os.path.join(folder, SHARED_ADAPTER_DIR))
     info = {
         "format_version": FORMAT_VERSION,
         "system": system,
@@ -198,6 +220,7 @@ def export_model(
                 f"{EXPERTS_DIR}/{name}/{f}" for f in sorted(os.listdir(sub))
             ]
             info["experts"].append(name)
+        info["lora"] = lora_info(experts)
     if system == "fuse":
         info["fusion"] = fusion
         names = [_language_of(name, languages) for name in info["experts"]]
@@ -212,11 +235,147 @@ def export_model(
             files.append(_save_gates(folder, info, experts, gate))
         elif fusion == "ties":
             info["ties_density"] = float(ties_density)
-    info["files"] = files
+    if shared_adapter is not None:
+        # Residual experts only make sense on the base they were trained
+        # on: the shared LoRA travels with them and is merged at load.
+        files += _copy_shared_adapter(shared_adapter, folder)
+        info["shared_adapter"] = SHARED_ADAPTER_DIR
+    info["files"] = files + [CUSTOM_INTERFACE]
     with open(os.path.join(folder, MODEL_INFO), "w", encoding="utf-8") as f:
         json.dump(info, f, indent=2)
     write_hyperparams(folder, info)
     return folder
+
+
+def _copy_shared_adapter(source, folder):
+    """Copies a PEFT adapter folder to ``<folder>/shared_adapter/``."""
+    target = os.path.join(folder, SHARED_ADAPTER_DIR)
+    if os.path.isdir(target):
+        shutil.rmtree(target)
+    os.makedirs(target)
+    copied = []
+    for name in sorted(os.listdir(source)):
+        if name.endswith((".json", ".safetensors")):
+            shutil.copy2(os.path.join(source, name), target)
+            copied.append(f"{SHARED_ADAPTER_DIR}/{name}")
+    return copied
+
+
+def lora_info(experts):
+    """The pool's shape, as ``hyperparams.yaml`` rebuilds it before loading.
+
+    The adapted layers are written as ``targets``/``parts``/``layers`` (see
+    ``attach.select_targets``) when those select exactly the pool's layers,
+    else as the exact list ``layer_names``.
+
+    Arguments
+    ---------
+    experts : WhisperLoRAExperts
+        The pool.
+
+    Returns
+    -------
+    dict
+        ``rank``, ``alpha``, ``use_rslora``, ``targets``, ``parts``,
+        ``layers``, ``layer_names`` (JSON-serialisable).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from speechbrain_lora_experts.attach import WhisperLoRAExperts
+    >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+    ...     make_tiny_whisper,
+    ... )
+    >>> from speechbrain_lora_experts.whisper import Whisper
+    >>> whisper = Whisper(
+    ...     make_tiny_whisper(tempfile.mkdtemp()), tempfile.mkdtemp()
+    ... )
+    >>> pool = WhisperLoRAExperts(
+    ...     whisper, rank=2, targets=["q_proj"], parts=["decoder"]
+    ... )
+    >>> info = lora_info(pool)
+    >>> info["targets"], info["parts"], info["layers"], info["layer_names"]
+    (['q_proj'], ['decoder'], None, None)
+    """
+    from speechbrain_lora_experts.attach import select_targets
+
+    names = list(experts.layers)
+    specs = _layer_specs(names)
+    targets, parts, _ = specs[0]
+    info = {
+        "rank": int(experts.config["rank"]),
+        "alpha": experts.config["alpha"],
+        "use_rslora": bool(experts.config["use_rslora"]),
+        # Unused beside layer_names, but valid for the pool's constructor.
+        "targets": targets,
+        "parts": parts,
+        "layers": None,
+        "layer_names": names,
+    }
+    # The pool's layers are wrapped now: select among the names they had.
+    candidates = _LinearNames(experts.model)
+    for targets, parts, layers in specs:
+        try:
+            chosen = select_targets(candidates, targets, parts, layers)
+        except ValueError:
+            continue
+        if chosen == names:
+            info.update(
+                targets=targets, parts=parts, layers=layers, layer_names=None
+            )
+            break
+    return info
+
+
+class _LinearNames:
+    """The linear layers of a Whisper, wrapped or not, as select_targets
+    sees those of an unadapted one."""
+
+    def __init__(self, model):
+        from torch import nn
+
+        from speechbrain_lora_experts.experts import LoRAExpertsLinear
+
+        self._linear = nn.Linear(1, 1)
+        self._names = [
+            name
+            for name, module in model.named_modules()
+            if isinstance(module, (nn.Linear, LoRAExpertsLinear))
+        ]
+
+    def named_modules(self):
+        """``(name, nn.Linear)`` pairs, in module order."""
+        return ((name, self._linear) for name in self._names)
+
+
+def _layer_specs(names):
+    """Short ``(targets, parts, layers)`` candidates for ``names``."""
+    plain, qualified, indices = set(), set(), {}
+    for name in names:
+        part, _, index, *rest = name.split(".")
+        plain.add(rest[-1])
+        qualified.add(".".join([part] + rest))
+        indices.setdefault(part, set()).add(int(index))
+    parts = [p for p in ("encoder", "decoder") if p in indices]
+    layers = {part: _ranges(sorted(indices[part])) for part in parts}
+    if len(set(layers.values())) == 1:
+        layers = next(iter(layers.values()))
+    specs = []
+    for targets in (sorted(plain), sorted(qualified)):
+        specs.append((targets, parts, None))
+        specs.append((targets, parts, layers))
+    return specs
+
+
+def _ranges(indices):
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"`` (``attach.parse_layers`` syntax)."""
+    runs = []
+    for index in indices:
+        if runs and index == runs[-1][1] + 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    return ",".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
 
 
 def _save_whisper(whisper, whisper_dir):
@@ -265,7 +424,23 @@ def _language_of(name, languages):
 
 
 def template_for(info):
-    """Name of the ``hparams/`` template that builds the model of ``info``."""
+    """Name of the ``hparams/`` template that builds the model of ``info``.
+
+    Arguments
+    ---------
+    info : dict
+        ``model.json`` of a run (``system``, ``fusion``, ...).
+
+    Returns
+    -------
+    str
+        A file name in ``hparams/``.
+
+    Example
+    -------
+    >>> template_for({"system": "full_finetune"})
+    'full_finetune_asr.yaml'
+    """
     if info["system"] == "full_finetune":
         return "full_finetune_asr.yaml"
     if info["system"] == "fuse" and info.get("fusion", "gate") == "gate":
@@ -299,18 +474,20 @@ def hyperparams_values(info):
         "encoder_window_s": info["encoder_window_s"],
         "beam_size": info.get("beam_size", 1),
     }
+    if info["system"] != "full_finetune":
+        values["shared_adapter"] = bool(info.get("shared_adapter"))
     values = {key: json.dumps(value) for key, value in values.items()}
     if info["system"] != "full_finetune":
         values["expert_names"] = json.dumps(info["experts"])
-        # Resolved against the folder at load time (see LoRAExpertsASR).
-        values["expert_folders"] = (
-            "["
-            + ", ".join(
-                f"!ref <model_folder>/{EXPERTS_DIR}/{name}"
-                for name in info["experts"]
+        lora = info.get("lora")
+        if lora is None:
+            raise ValueError(
+                f"{MODEL_INFO} has no 'lora' entry (exported by an older "
+                "version); write_hyperparams(folder) reads it from the "
+                "experts' adapter folders"
             )
-            + "]"
-        )
+        for key in LORA_KEYS:
+            values[f"lora_{key}"] = json.dumps(lora[key])
     fusion = info.get("fusion", "gate")
     if info["system"] == "fuse" and fusion != "gate":
         values["fusion"] = json.dumps(fusion)
@@ -365,8 +542,10 @@ def fill_template(text, values):
 def write_hyperparams(folder, info=None):
     """Writes ``<folder>/hyperparams.yaml`` from ``model.json``.
 
-    Also repairs a model folder exported before ``hyperparams.yaml``
-    existed: ``write_hyperparams(folder)`` reads its ``model.json``.
+    Also writes ``custom_interface.py`` (for ``foreign_class``), and
+    upgrades a model folder exported by an older version (no yaml, or a
+    yaml with a ``model_folder`` placeholder): ``write_hyperparams(folder)``
+    reads its ``model.json`` and completes it.
 
     Arguments
     ---------
@@ -381,8 +560,7 @@ def write_hyperparams(folder, info=None):
         Path of the yaml.
     """
     if info is None:
-        with open(os.path.join(folder, MODEL_INFO), encoding="utf-8") as f:
-            info = json.load(f)
+        info = _upgrade_info(folder)
     name = template_for(info)
     path = os.path.join(TEMPLATE_DIR, name)
     if not os.path.isfile(path):
@@ -399,7 +577,70 @@ def write_hyperparams(folder, info=None):
     out = os.path.join(folder, HPARAMS_FILE)
     with open(out, "w", encoding="utf-8") as f:
         f.write(header + text)
+    with open(
+        os.path.join(folder, CUSTOM_INTERFACE), "w", encoding="utf-8"
+    ) as f:
+        f.write(_CUSTOM_INTERFACE_TEXT)
     return out
+
+
+_CUSTOM_INTERFACE_TEXT = '''\
+"""The pretrained interface of this model folder, for foreign_class.
+
+A model card loads the folder (a local path or a hub id) with SpeechBrain's
+own loader; it needs ``pip install speechbrain-lora-experts``::
+
+    from speechbrain.inference.interfaces import foreign_class
+
+    asr = foreign_class(
+        source="<this folder or hub id>",
+        pymodule_file="custom_interface.py",
+        classname="LoRAExpertsASR",
+    )
+    words, tokens = asr.transcribe_batch(wavs, wav_lens)
+"""
+
+from speechbrain_lora_experts.inference import LoRAExpertsASR
+
+__all__ = ["LoRAExpertsASR"]
+'''
+
+
+def _upgrade_info(folder):
+    """``model.json`` of ``folder``, completed for this version.
+
+    Folders exported before the yaml rebuilt the pool itself lack the
+    ``lora`` entry (read back from the first expert's adapter) and the
+    ``custom_interface.py`` file entry; both are added and saved.
+    """
+    path = os.path.join(folder, MODEL_INFO)
+    with open(path, encoding="utf-8") as f:
+        info = json.load(f)
+    changed = False
+    if info["system"] != "full_finetune" and "lora" not in info:
+        from speechbrain_lora_experts.peft_io import read_adapter
+
+        adapter = read_adapter(
+            os.path.join(folder, EXPERTS_DIR, info["experts"][0])
+        )
+        targets, parts, _ = _layer_specs(adapter.layer_names)[0]
+        info["lora"] = {
+            "rank": adapter.rank,
+            "alpha": adapter.alphas[adapter.layer_names[0]],
+            "use_rslora": adapter.use_rslora,
+            "targets": targets,
+            "parts": parts,
+            "layers": None,
+            "layer_names": adapter.layer_names,
+        }
+        changed = True
+    if info.get("files") and CUSTOM_INTERFACE not in info["files"]:
+        info["files"].append(CUSTOM_INTERFACE)
+        changed = True
+    if changed:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=2)
+    return info
 
 
 def export_run(brain):
@@ -407,7 +648,7 @@ def export_run(brain):
 
     Arguments
     ---------
-    brain : speechbrain_lora_experts.brains.WhisperExpertsBrain
+    brain : WhisperExpertsBrain (the recipe's train.py)
         A finished run.
 
     Returns
@@ -423,6 +664,9 @@ def export_run(brain):
         "epochs": hparams.epoch_counter.current,
         "data_folder": str(getattr(hparams, "data_folder", "")),
     }
+    shared = getattr(hparams.whisper, "shared_adapter", None)
+    if shared is not None:
+        training["shared_adapter"] = shared
     if system == "expert":
         lang = hparams.languages[0]
         folder = os.path.join(hparams.expert_pool, lang)
@@ -460,4 +704,5 @@ def export_run(brain):
         ),
         beam_size=int(getattr(hparams, "beam_size", 1)) if beam else 1,
         metadata=training,
+        shared_adapter=shared,
     )

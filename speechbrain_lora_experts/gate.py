@@ -32,6 +32,11 @@ def valid_frame_mask(n_frames, valid_fraction):
     valid_fraction : torch.Tensor
         ``[B]`` fraction of the window covered by each utterance.
 
+    Returns
+    -------
+    torch.Tensor
+        ``[B, n_frames]`` boolean mask.
+
     Example
     -------
     >>> valid_frame_mask(4, torch.tensor([0.5, 1.0])).int().tolist()
@@ -43,7 +48,27 @@ def valid_frame_mask(n_frames, valid_fraction):
 
 
 def masked_stats_pool(features, mask):
-    """Mean and standard deviation over valid frames, ``[B, 2 * D]``."""
+    """Mean and standard deviation over valid frames, ``[B, 2 * D]``.
+
+    Arguments
+    ---------
+    features : torch.Tensor
+        ``[B, T, D]`` frame features.
+    mask : torch.Tensor
+        ``[B, T]`` valid frames.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[B, 2 * D]``: mean, then standard deviation.
+
+    Example
+    -------
+    >>> features = torch.tensor([[[1.0], [3.0], [100.0]]])
+    >>> mask = torch.tensor([[True, True, False]])
+    >>> masked_stats_pool(features, mask)
+    tensor([[2., 1.]])
+    """
     weights = mask.unsqueeze(-1).to(features.dtype)
     count = weights.sum(dim=1).clamp(min=1)
     mean = (features * weights).sum(dim=1) / count
@@ -66,9 +91,19 @@ class UtteranceGate(nn.Module):
         Softmax temperature of the mixing weights.
     top_k : int or None
         Keep the k largest weights (renormalised); k=1 routes hard, which
-        makes fused decoding cost one LoRA.
+        makes fused decoding cost one LoRA. In training the backward pass
+        uses the dense softmax's gradient (straight-through): the
+        renormalised top-1 weight is a constant 1, which alone would give
+        the gate no gradient from the ASR loss.
     language_aware : bool
-        Condition on the known language (``forward(..., language=...)``).
+        Condition on the known language (``forward(..., language=...)``):
+        it enters as an embedding and as a learned prior on its own expert
+        (``language_prior``), so an untrained aware gate is close to the
+        oracle and training (by the ASR loss, never by a loss towards the
+        given label) can move weight to a related language's expert.
+    language_prior : float
+        Initial logit bonus of the given language's expert (aware gates):
+        4.0 gives it 0.95 of the weight among 4 experts.
     dropout : float
         Dropout before the output layer.
     features : str
@@ -108,6 +143,7 @@ class UtteranceGate(nn.Module):
         temperature=1.0,
         top_k=None,
         language_aware=False,
+        language_prior=4.0,
         dropout=0.1,
         features="whisper_lid",
     ):
@@ -117,6 +153,13 @@ class UtteranceGate(nn.Module):
                 f"gate features must be one of {GATE_FEATURES}, got "
                 f"{features!r}"
             )
+        if not temperature > 0:
+            raise ValueError(f"gate temperature must be > 0, got {temperature}")
+        if top_k is not None and not 1 <= top_k <= n_experts:
+            raise ValueError(
+                f"top_k must be in [1, {n_experts}] or None, got {top_k}"
+            )
+        self.input_size = input_size
         self.features = features
         self.n_experts = n_experts
         self.temperature = temperature
@@ -126,18 +169,40 @@ class UtteranceGate(nn.Module):
         self.language_embedding = (
             nn.Embedding(n_experts, hidden_size) if language_aware else None
         )
+        self.language_prior = (
+            nn.Parameter(torch.tensor(float(language_prior)))
+            if language_aware
+            else None
+        )
         self.dropout = nn.Dropout(dropout)
         self.output = nn.Linear(hidden_size, n_experts)
         self.lid_scale = None
         if features == "whisper_lid":
             # Starts as Whisper's LID; training learns what to add.
             self.lid_scale = nn.Parameter(torch.ones(()))
+        if features == "whisper_lid" or language_aware:
+            # The priors alone decide until training learns what to add.
             nn.init.zeros_(self.output.weight)
             nn.init.zeros_(self.output.bias)
 
     @classmethod
     def for_whisper(cls, whisper, n_experts, **kwargs):
-        """A gate sized for ``whisper``'s hidden size (for HyperPyYAML)."""
+        """A gate sized for ``whisper``'s hidden size (for HyperPyYAML).
+
+        Arguments
+        ---------
+        whisper : torch.nn.Module
+            SpeechBrain's Whisper (gives the hidden size).
+        n_experts : int
+            Number of experts (languages).
+        **kwargs
+            The gate's other arguments.
+
+        Returns
+        -------
+        UtteranceGate
+            The gate.
+        """
         from speechbrain_lora_experts.attach import whisper_model
 
         size = whisper_model(whisper).config.d_model
@@ -145,16 +210,46 @@ class UtteranceGate(nn.Module):
 
     @property
     def language_aware(self):
-        """Whether the gate is told the language."""
+        """Whether the gate is told the language.
+
+        Returns
+        -------
+        bool
+            The scenario.
+        """
         return self.language_embedding is not None
 
     @property
     def uses_lid_prior(self):
-        """Whether the logits add Whisper's language identification."""
+        """Whether the logits add Whisper's language identification.
+
+        Returns
+        -------
+        bool
+            Whether ``lid_prior`` is needed.
+        """
         return self.lid_scale is not None
 
     def logits(self, features, valid_fraction, language=None, lid_prior=None):
-        """Expert/language logits ``[B, N]``."""
+        """Expert/language logits ``[B, N]`` (arguments as ``forward``).
+
+        Arguments
+        ---------
+        features : torch.Tensor
+            ``[B, T, D]`` hidden states.
+        valid_fraction : torch.Tensor
+            ``[B]`` fraction of the window holding audio.
+        language : torch.Tensor, optional
+            ``[B]`` language indices (aware scenario).
+        lid_prior : torch.Tensor, optional
+            ``[B, N]`` Whisper's language log-probabilities.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, N]`` logits.
+        """
+        self._check_inputs(features, valid_fraction, language, lid_prior)
         mask = valid_frame_mask(features.shape[1], valid_fraction)
         pooled = self.norm(masked_stats_pool(features, mask))
         hidden = self.hidden(pooled)
@@ -163,6 +258,9 @@ class UtteranceGate(nn.Module):
                 raise ValueError("a language-aware gate needs language=")
             hidden = hidden + self.language_embedding(language)
         logits = self.output(self.dropout(torch.relu(hidden)))
+        if self.language_aware:
+            given = nn.functional.one_hot(language, self.n_experts)
+            logits = logits + self.language_prior * given.to(logits.dtype)
         if self.uses_lid_prior:
             if lid_prior is None:
                 raise ValueError(
@@ -172,15 +270,66 @@ class UtteranceGate(nn.Module):
             logits = logits + self.lid_scale * lid_prior.to(logits.dtype)
         return logits
 
+    def _check_inputs(self, features, valid_fraction, language, lid_prior):
+        if features.dim() != 3 or features.shape[-1] != self.input_size:
+            raise ValueError(
+                f"gate features must be [B, T, {self.input_size}], got "
+                f"{tuple(features.shape)}"
+            )
+        batch = features.shape[0]
+        if tuple(valid_fraction.shape) != (batch,):
+            raise ValueError(
+                f"valid_fraction must be [{batch}] (one per utterance), got "
+                f"{tuple(valid_fraction.shape)}"
+            )
+        if language is not None:
+            if tuple(language.shape) != (batch,) or (
+                language.dtype.is_floating_point
+            ):
+                raise ValueError(
+                    f"language must be [{batch}] expert indices, got "
+                    f"{tuple(language.shape)} {language.dtype}"
+                )
+            low, high = language.min().item(), language.max().item()
+            if low < 0 or high >= self.n_experts:
+                raise IndexError(
+                    f"language index {low if low < 0 else high} out of range "
+                    f"for {self.n_experts} experts"
+                )
+        if lid_prior is not None and tuple(lid_prior.shape) != (
+            batch,
+            self.n_experts,
+        ):
+            raise ValueError(
+                f"lid_prior must be [{batch}, {self.n_experts}], got "
+                f"{tuple(lid_prior.shape)}"
+            )
+
     def weights_from_logits(self, logits):
-        """Softmax with temperature, then optional top-k renormalisation."""
+        """Softmax with temperature, then optional top-k renormalisation.
+
+        Arguments
+        ---------
+        logits : torch.Tensor
+            ``[B, N]`` logits.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, N]`` mixing weights.
+        """
         weights = torch.softmax(logits / self.temperature, dim=-1)
         if self.top_k is not None and self.top_k < self.n_experts:
-            top = weights.topk(self.top_k, dim=-1)
+            top = weights.detach().topk(self.top_k, dim=-1)
             sparse = torch.zeros_like(weights).scatter(
                 -1, top.indices, top.values
             )
-            weights = sparse / sparse.sum(dim=-1, keepdim=True)
+            sparse = sparse / sparse.sum(dim=-1, keepdim=True)
+            if not weights.requires_grad:
+                return sparse
+            # Straight-through: the sparse mix forward, the dense softmax's
+            # gradient backward (exactly zero stays zero: w - w == 0).
+            return sparse + (weights - weights.detach())
         return weights
 
     def forward(self, features, valid_fraction, language=None, lid_prior=None):
@@ -197,6 +346,11 @@ class UtteranceGate(nn.Module):
         lid_prior : torch.Tensor
             ``[B, N]`` log-probabilities of the experts' languages
             (``whisper_lid`` gates only).
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            ``(weights, logits)``.
         """
         logits = self.logits(features, valid_fraction, language, lid_prior)
         return self.weights_from_logits(logits), logits
@@ -264,6 +418,10 @@ class GateTap:
     def prepare(self, valid_fraction, language=None):
         """Sets what the next encoder pass needs, and routes base-only.
 
+        Serves one forward: the pass consumes it, so a forward without a
+        new ``prepare()`` is refused instead of reusing a past batch.
+        ``weights`` and ``logits`` are those of the last pass.
+
         Arguments
         ---------
         valid_fraction : torch.Tensor
@@ -271,20 +429,45 @@ class GateTap:
         language : torch.LongTensor
             ``[B]`` known language index (language-aware gates).
         """
+        valid_fraction = torch.as_tensor(valid_fraction)
+        if valid_fraction.dim() != 1:
+            raise ValueError(
+                f"valid_fraction must be [B], got {tuple(valid_fraction.shape)}"
+            )
+        if self.gate.language_aware and language is None:
+            raise ValueError("a language-aware gate needs language=")
+        if language is not None and tuple(language.shape) != tuple(
+            valid_fraction.shape
+        ):
+            raise ValueError(
+                f"language {tuple(language.shape)} and valid_fraction "
+                f"{tuple(valid_fraction.shape)} must both be [B]"
+            )
         self.valid_fraction = valid_fraction
         self.language = language
+        self.weights = None
+        self.logits = None
         self.experts.off()
 
     def _route(self, hidden):
-        if self.valid_fraction is None:
-            raise RuntimeError("call GateTap.prepare() before the forward")
+        valid_fraction, language = self.valid_fraction, self.language
+        if valid_fraction is None:
+            raise RuntimeError(
+                "call GateTap.prepare() before each forward of the encoder"
+            )
+        self.valid_fraction = self.language = None
+        if valid_fraction.shape[0] != hidden.shape[0]:
+            raise ValueError(
+                f"GateTap.prepare() was given {valid_fraction.shape[0]} "
+                f"utterances, the encoder got {hidden.shape[0]}"
+            )
         prior = None
         if self.gate.features == "whisper_lid":
             prior = self._lid_prior(hidden)
         self.weights, self.logits = self.gate(
             hidden,
-            self.valid_fraction.to(hidden.device),
-            self.language,
+            valid_fraction.to(hidden.device),
+            language,
             lid_prior=prior,
         )
         self.experts.mix(self.weights)

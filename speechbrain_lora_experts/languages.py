@@ -5,16 +5,18 @@ The canonical language id of this package is Whisper's own code (``de``,
 (``<|de|>``) and the ``lang`` column of every data manifest. Corpora name
 languages differently (Common Voice ``zh-CN`` / ``sv-SE`` / ``zh-HK``,
 FLEURS ``cmn_hans_cn`` / ``es_419``), so every user-facing entry point goes
-through :func:`canonical_language`.
+through :func:`canonical_language`, which also accepts ISO 639-2/3 codes
+(``deu``, ``ger``) and English or native names (``German``, ``Deutsch``,
+``español``) of Whisper's languages.
 
 Authors
  * speechbrain-lora-experts developers 2026
 """
 
+import unicodedata
+
 from transformers.models.whisper.tokenization_whisper import (
     LANGUAGES as _WHISPER_LANGUAGES,
-)
-from transformers.models.whisper.tokenization_whisper import (
     TO_LANGUAGE_CODE as _WHISPER_NAMES,
 )
 
@@ -190,12 +192,127 @@ _ALIASES = {
     "yue-hk": "yue",
 }
 
+# Per Whisper language: its other ISO 639-2/3 codes (terminology and
+# bibliographic), then its names in its own language (ISO 639 tables and
+# CLDR autonyms). English names come from Whisper's own table.
+_OTHER_NAMES = """
+en eng | English
+zh chi zho | 中文; 汉语; 普通话
+de deu ger | Deutsch
+es spa | español
+ru rus | русский
+ko kor | 한국어
+fr fra fre | français
+ja jpn | 日本語
+pt por | português
+tr tur | Türkçe
+pl pol | polski
+ca cat | català
+nl dut nld | Nederlands
+ar ara | العربية
+sv swe | svenska
+it ita | italiano
+id ind | bahasa Indonesia
+hi hin | हिन्दी
+fi fin | suomi
+vi vie | Tiếng Việt
+he heb | עברית
+uk ukr | українська
+el ell gre | Ελληνικά
+ms may msa | bahasa Malaysia
+cs ces cze | čeština
+ro ron rum | română
+da dan | dansk
+hu hun | magyar
+ta tam | தமிழ்
+no nor | norsk; bokmål
+th tha | ไทย
+ur urd | اردو
+hr hrv | hrvatski
+bg bul | български
+lt lit | lietuvių
+la lat | Lingua latina
+mi mao mri | Māori
+ml mal | മലയാളം
+cy cym wel | Cymraeg
+sk slk slo | slovenčina
+te tel | తెలుగు
+fa fas per | فارسی; farsi
+lv lav | latviešu
+bn ben | বাংলা
+sr srp | српски
+az aze | azərbaycan
+sl slv | slovenščina
+kn kan | ಕನ್ನಡ
+et est | eesti
+mk mac mkd | македонски
+br bre | brezhoneg
+eu baq eus | euskara
+is ice isl | íslenska
+hy arm hye | հայերեն
+ne nep | नेपाली
+mn mon | монгол
+bs bos | bosanski
+kk kaz | қазақ тілі
+sq alb sqi | shqip
+sw swa | Kiswahili
+gl glg | galego
+mr mar | मराठी
+pa pan | ਪੰਜਾਬੀ
+si sin | සිංහල
+km khm | ខ្មែរ
+sn sna | chiShona
+yo yor | Èdè Yorùbá
+so som | Soomaali
+af afr | Afrikaans
+oc oci | occitan
+ka geo kat | ქართული
+be bel | беларуская
+tg tgk | тоҷикӣ
+sd snd | سنڌي
+gu guj | ગુજરાતી
+am amh | አማርኛ
+yi yid | ייִדיש
+lo lao | ລາວ
+uz uzb | o‘zbek
+fo fao | føroyskt
+ht hat | Kreyòl Ayisyen
+ps pus | پښتو
+tk tuk | türkmen dili
+nn nno | norsk nynorsk; nynorsk
+mt mlt | Malti
+sa san | संस्कृत भाषा
+lb ltz | Lëtzebuergesch
+my bur mya | မြန်မာ
+bo bod tib | བོད་སྐད་
+tl tgl | Filipino
+mg mlg | Malagasy
+as asm | অসমীয়া
+tt tat | татар
+haw | ʻŌlelo Hawaiʻi
+ln lin | lingála
+ha hau | Hausa
+ba bak | башҡорт теле
+jw jav | Jawa
+su sun | Basa Sunda
+yue | 粵語; 廣東話; 粤语
+"""
+
 #: Languages scored with CER: scripts written without spaces between words.
 CER_LANGUAGES = frozenset({"zh", "yue", "ja", "th", "lo", "my", "km", "bo"})
 
 
 class UnknownLanguageError(ValueError):
-    """A language name that maps to no Whisper language."""
+    """A language name that maps to no Whisper language.
+
+    Example
+    -------
+    >>> try:
+    ...     canonical_language("Klingon")
+    ... except UnknownLanguageError as e:
+    ...     print(type(e).__name__)
+    UnknownLanguageError
+    """
 
 
 def _key(lang):
@@ -203,8 +320,34 @@ def _key(lang):
     return lang.strip().lower().replace("_", "-")
 
 
+def _fold(key):
+    """``español`` -> ``espanol``: names typed without their accents.
+
+    Example
+    -------
+    >>> _fold("français"), _fold("中文")
+    ('francais', '中文')
+    """
+    decomposed = unicodedata.normalize("NFKD", key)
+    folded = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return unicodedata.normalize("NFC", folded)
+
+
+def _other_names():
+    """``{key: code}`` of ISO 639-2/3 codes and native names."""
+    table = {}
+    for line in _OTHER_NAMES.strip().splitlines():
+        codes, names = line.split("|")
+        code, *iso = codes.split()
+        for name in iso + [n for n in names.split(";") if n.strip()]:
+            table[_key(name)] = code
+            table.setdefault(_fold(_key(name)), code)
+    return table
+
+
 def _build_lookup():
-    table = {code: code for code in WHISPER_LANGUAGES}
+    table = _other_names()
+    table.update({code: code for code in WHISPER_LANGUAGES})
     table.update({_key(k): v for k, v in _ALIASES.items()})
     table.update({_key(k): v for k, v in _CV_LOCALE_TO_CODE.items()})
     table.update({_key(k): v for k, v in _FLEURS_CODE_TO_CODE.items()})
@@ -243,9 +386,11 @@ def _unknown_message(lang):
     codes = ", ".join(sorted(WHISPER_LANGUAGES))
     return (
         f"Unknown language {lang!r}.{why} Use a Whisper language code "
-        f"({codes}), a Common Voice locale (e.g. zh-CN, sv-SE, zh-HK for "
-        "Cantonese, pa-IN) or a FLEURS code (e.g. cmn_hans_cn, es_419, "
-        "de_de, yue_hant_hk). Fix the language list in your hparams."
+        f"({codes}), an ISO 639-2/3 code (e.g. deu), an English or native "
+        "name (e.g. German, Deutsch), a Common Voice locale (e.g. zh-CN, "
+        "sv-SE, zh-HK for Cantonese, pa-IN) or a FLEURS code (e.g. "
+        "cmn_hans_cn, es_419, de_de, yue_hant_hk). Fix the language list "
+        "in your hparams."
     )
 
 
@@ -256,7 +401,8 @@ def canonical_language(lang):
     ---------
     lang : str
         ``de``, ``zh-CN``, ``sv-SE``, ``zh-HK``, ``cmn_hans_cn``,
-        ``es_419``, ``german``, ... (case and ``-``/``_`` insensitive).
+        ``es_419``, ``deu``, ``german``, ``Deutsch``, ... (case and
+        ``-``/``_`` insensitive; accents optional in names).
 
     Returns
     -------
@@ -274,11 +420,13 @@ def canonical_language(lang):
     ('zh', 'zh')
     >>> canonical_language("zh-HK"), canonical_language("es_419")
     ('yue', 'es')
+    >>> canonical_language("deu"), canonical_language("Deutsch")
+    ('de', 'de')
     """
     if not isinstance(lang, str) or not lang.strip():
         raise UnknownLanguageError(_unknown_message(str(lang)))
     key = _key(lang)
-    code = _LOOKUP.get(key) or _region_fallback(key)
+    code = _LOOKUP.get(key) or _LOOKUP.get(_fold(key)) or _region_fallback(key)
     if code is None:
         raise UnknownLanguageError(_unknown_message(lang))
     return code
@@ -289,6 +437,17 @@ def common_voice_locales(lang):
 
     A region-specific locale (``zh-TW``) names exactly one folder; a
     Whisper code lists every folder holding that language.
+
+    Arguments
+    ---------
+    lang : str
+        A Whisper code, a Common Voice or FLEURS locale, an ISO 639-2/3 code or
+        an English or native language name.
+
+    Returns
+    -------
+    tuple of str
+        Locale folder names, the default first.
 
     Example
     -------
@@ -305,6 +464,17 @@ def common_voice_locales(lang):
 def common_voice_locale(lang):
     """Default Common Voice locale folder name of a language.
 
+    Arguments
+    ---------
+    lang : str
+        A Whisper code, a Common Voice or FLEURS locale, an ISO 639-2/3 code or
+        an English or native language name.
+
+    Returns
+    -------
+    str
+        The locale folder name (``sv-SE``, ``de``).
+
     Example
     -------
     >>> common_voice_locale("sv"), common_voice_locale("de")
@@ -320,6 +490,17 @@ def fleurs_code(lang):
     ------
     UnknownLanguageError
         If FLEURS has no data for this language.
+
+    Arguments
+    ---------
+    lang : str
+        A Whisper code, a Common Voice or FLEURS locale, an ISO 639-2/3 code or
+        an English or native language name.
+
+    Returns
+    -------
+    str
+        The FLEURS config name (``de_de``, ``cmn_hans_cn``).
 
     Example
     -------
@@ -340,6 +521,17 @@ def fleurs_code(lang):
 def language_token(lang):
     """Whisper's language token.
 
+    Arguments
+    ---------
+    lang : str
+        A Whisper code, a Common Voice or FLEURS locale, an ISO 639-2/3 code or
+        an English or native language name.
+
+    Returns
+    -------
+    str
+        ``<|code|>`` of the canonical Whisper code.
+
     Example
     -------
     >>> language_token("de-DE"), language_token("zh-HK")
@@ -350,6 +542,17 @@ def language_token(lang):
 
 def uses_cer(lang):
     """True if the language is scored with CER (no spaces between words).
+
+    Arguments
+    ---------
+    lang : str
+        A Whisper code, a Common Voice or FLEURS locale, an ISO 639-2/3 code or
+        an English or native language name.
+
+    Returns
+    -------
+    bool
+        Whether the language is scored per character.
 
     Example
     -------

@@ -16,6 +16,18 @@ import torch
 def linear_merge(deltas, weights=None):
     """Weighted sum of updates (uniform average by default).
 
+    Arguments
+    ---------
+    deltas : list of torch.Tensor
+        Same-shaped updates (dense LoRA updates of one layer).
+    weights : list of float, optional
+        One weight per update; default: the uniform average.
+
+    Returns
+    -------
+    torch.Tensor
+        The weighted sum.
+
     Example
     -------
     >>> linear_merge([torch.ones(2), 3 * torch.ones(2)]).tolist()

@@ -17,18 +17,25 @@ Per language, ``median_utt_error_rate`` sits beside the corpus rate: one
 looping hypothesis can push a corpus WER far above 100 %, the median shows
 whether that is one utterance or the whole set.
 
+A reference with nothing left after normalisation (``"..."``) has no unit
+to score: it would count as ``0 / 0``, or its hypothesis as pure
+insertions. Such utterances are skipped and counted
+(``skipped_empty_references``), never scored.
+
 Authors
  * speechbrain-lora-experts developers 2026
 """
 
 import json
+import logging
 import os
 import statistics
 
 from speechbrain.utils.metric_stats import ErrorRateStats
-
 from speechbrain_lora_experts.languages import canonical_language
 from speechbrain_lora_experts.text import error_rate_name, scoring_units
+
+logger = logging.getLogger(__name__)
 
 
 class MultilingualScorer:
@@ -69,6 +76,8 @@ class MultilingualScorer:
         self._ids = set()
         # language -> [correct, total] over utterances with a prediction.
         self._lid = {}
+        # language -> utterances whose reference normalises to nothing.
+        self.skipped_empty = {}
 
     def append(
         self,
@@ -114,17 +123,32 @@ class MultilingualScorer:
                 raise ValueError(f"utterance id {uid!r} appended twice")
             self._ids.add(uid)
             lang = canonical_language(lang)
-            if lang not in self.stats:
-                self.stats[lang] = ErrorRateStats()
-                self._lid[lang] = [0, 0]
             units = [
                 scoring_units(text, lang, self.english_spelling)
                 for text in (hyp, ref)
             ]
+            if not units[1]:
+                self._skip_empty(uid, lang, ref)
+                continue
+            if lang not in self.stats:
+                self.stats[lang] = ErrorRateStats()
+                self._lid[lang] = [0, 0]
             self.stats[lang].append([uid], [units[0]], [units[1]])
             if pred is not None:
                 self._lid[lang][0] += canonical_language(pred) == lang
                 self._lid[lang][1] += 1
+
+    def _skip_empty(self, uid, lang, ref):
+        n = self.skipped_empty.get(lang, 0) + 1
+        self.skipped_empty[lang] = n
+        if n <= 3:
+            logger.warning(
+                "not scoring %s (%s): its reference %r has nothing left "
+                "after normalisation; counted in skipped_empty_references",
+                uid,
+                lang,
+                ref,
+            )
 
     def _language_summary(self, lang):
         stats = self.stats[lang]
@@ -164,7 +188,9 @@ class MultilingualScorer:
             ``deletions``, ``substitutions``, ``median_utt_error_rate``,
             ``lid_accuracy``), ``macro``, ``micro``, ``micro_by_metric``,
             ``n_languages``, ``n_utts``, ``n_units``, ``lid_accuracy``
-            (over utterances with a predicted language; None if none).
+            (over utterances with a predicted language; None if none),
+            ``skipped_empty_references`` (language -> utterances not
+            scored because their reference normalises to nothing).
         """
         per_language = {
             lang: self._language_summary(lang) for lang in sorted(self.stats)
@@ -195,6 +221,9 @@ class MultilingualScorer:
             "n_utts": sum(s["n_utts"] for s in per_language.values()),
             "n_units": units,
             "lid_accuracy": correct / predicted if predicted else None,
+            "skipped_empty_references": dict(
+                sorted(self.skipped_empty.items())
+            ),
         }
 
     def write(self, folder, prefix=""):

@@ -5,15 +5,20 @@ WhisperForConditionalGeneration.from_pretrained(base), folder)`` loads:
 ``adapter_config.json`` (written by PEFT's own ``LoraConfig``) and
 ``adapter_model.safetensors`` with PEFT's key names. A third file,
 ``lora_experts.json``, records the language and a fingerprint of the base
-model; PEFT ignores it. Adapters trained elsewhere with PEFT import the same
-way. Weights are read from safetensors only: pickled ``.bin`` adapters are
-refused rather than unpickled.
+model (architecture numbers and a hash of a few frozen base tensors); PEFT
+ignores it. An expert is refused on a Whisper with another fingerprint: the
+same shapes with other weights would load silently and decode nonsense
+(``strict=False`` loads it anyway, with a warning). Adapters trained
+elsewhere with PEFT import the same way. Weights are read from safetensors
+only: pickled ``.bin`` adapters are refused rather than unpickled.
 
 Authors
  * speechbrain-lora-experts developers 2026
 """
 
+import hashlib
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -42,10 +47,29 @@ _FINGERPRINT_KEYS = (
     "vocab_size",
     "num_mel_bins",
 )
+# Base tensors no expert adapts, no merge changes and the Whisper wrapper
+# does not slice: they identify the pretrained weights.
+_WEIGHT_FINGERPRINT_TENSORS = (
+    "encoder.conv1.weight",
+    "encoder.conv2.weight",
+    "encoder.layer_norm.weight",
+    "decoder.embed_tokens.weight",
+    "decoder.embed_positions.weight",
+    "decoder.layer_norm.weight",
+)
+_WEIGHT_SAMPLES = 1024
+
+logger = logging.getLogger(__name__)
 
 
 class AdapterError(ValueError):
-    """An adapter folder that cannot serve as an expert here."""
+    """An adapter folder that cannot serve as an expert here.
+
+    Example
+    -------
+    >>> issubclass(AdapterError, Exception)
+    True
+    """
 
 
 @dataclass
@@ -78,24 +102,125 @@ class Adapter:
 
     @property
     def layer_names(self):
-        """Adapted layers, in a stable order."""
+        """Adapted layers, in a stable order.
+
+        Returns
+        -------
+        list of str
+            Layer names, sorted.
+        """
         return sorted(self.weights, key=_layer_sort_key)
 
     @property
     def rank(self):
-        """The rank, when every layer has the same one (else the max)."""
+        """The rank, when every layer has the same one (else the max).
+
+        Returns
+        -------
+        int
+            The LoRA rank.
+        """
         return max(self.ranks.values())
 
     @property
     def language(self):
-        """The language recorded with the expert, if any."""
+        """The language recorded with the expert, if any.
+
+        Returns
+        -------
+        str or None
+            The language code.
+        """
         return self.metadata.get("language")
 
 
 def base_fingerprint(model):
-    """The architecture numbers an expert must agree with."""
-    config = whisper_model(model).config
-    return {key: getattr(config, key) for key in _FINGERPRINT_KEYS}
+    """The architecture numbers and weight digest an expert must agree with.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        SpeechBrain's or HF's Whisper.
+
+    Returns
+    -------
+    dict
+        Architecture numbers and the base-weight digest.
+
+    Example
+    -------
+    >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+    ...     make_tiny_whisper,
+    ... )
+    >>> from transformers import WhisperModel
+    >>> folder = make_tiny_whisper(getfixture("tmp_path") / "w")
+    >>> fingerprint = base_fingerprint(WhisperModel.from_pretrained(folder))
+    >>> fingerprint["d_model"], len(fingerprint["weights"])
+    (64, 16)
+    """
+    model = whisper_model(model)
+    config = model.config
+    fingerprint = {key: getattr(config, key) for key in _FINGERPRINT_KEYS}
+    fingerprint["weights"] = base_weights_digest(model)
+    return fingerprint
+
+
+def base_weights_digest(model):
+    """Hash of evenly spaced values of a few frozen base tensors.
+
+    Cheap (a few thousand values, whatever the model size) and equal for
+    the same pretrained weights loaded in float32 anywhere.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        SpeechBrain's or HF's Whisper.
+
+    Returns
+    -------
+    str
+        Hex digest.
+    """
+    params = dict(whisper_model(model).named_parameters())
+    digest = hashlib.sha256()
+    for name in _WEIGHT_FINGERPRINT_TENSORS:
+        flat = params[name].detach().reshape(-1)
+        steps = min(_WEIGHT_SAMPLES, flat.numel())
+        index = sample_positions(flat.numel(), steps)
+        values = flat[index.to(flat.device)].float().cpu().numpy()
+        digest.update(name.encode())
+        digest.update(values.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def sample_positions(numel, steps):
+    """``steps`` evenly spread indices into a flat tensor of ``numel``.
+
+    Integer arithmetic: float32 positions (``torch.linspace``) overshoot
+    the last index of tensors beyond 2**24 values, such as whisper-base's
+    token embedding.
+
+    Arguments
+    ---------
+    numel : int
+        Size of the flat tensor.
+    steps : int
+        How many positions (at most ``numel``).
+
+    Returns
+    -------
+    torch.LongTensor
+        First and last positions included.
+
+    Example
+    -------
+    >>> sample_positions(26554880, 1024)[-1].item()
+    26554879
+    >>> sample_positions(10, 4).tolist()
+    [0, 3, 6, 9]
+    """
+    index = torch.arange(steps, dtype=torch.long) * (numel - 1)
+    return index // max(steps - 1, 1)
 
 
 def save_expert(
@@ -252,8 +377,9 @@ def load_expert(experts, expert, adapter, strict=True):
     adapter : str or Adapter
         Adapter folder or an already read ``Adapter``.
     strict : bool
-        Require the adapter's layers and rank to equal the pool's; when
-        False, pool layers the adapter lacks get a zero update.
+        Require the adapter's layers, rank and base weights to equal the
+        pool's; when False, pool layers the adapter lacks get a zero
+        update and other base weights only warn.
 
     Returns
     -------
@@ -285,7 +411,21 @@ def load_expert(experts, expert, adapter, strict=True):
 
 
 def check_compatible(experts, adapter, strict=True):
-    """Raises ``AdapterError`` naming every mismatch with the pool."""
+    """Raises ``AdapterError`` naming every mismatch with the pool.
+
+    With ``strict=False`` other base weights (same architecture) and
+    missing layers or another rank are accepted; other weights are then
+    logged as a warning.
+
+    Arguments
+    ---------
+    experts : WhisperLoRAExperts
+        The pool the adapter would join.
+    adapter : Adapter
+        The adapter read from disk.
+    strict : bool
+        Refuse other base weights (else warn).
+    """
     problems = []
     recorded = adapter.metadata.get("base_fingerprint")
     if recorded:
@@ -293,7 +433,7 @@ def check_compatible(experts, adapter, strict=True):
         diff = {
             k: (recorded[k], here[k])
             for k in here
-            if k in recorded and recorded[k] != here[k]
+            if k != "weights" and k in recorded and recorded[k] != here[k]
         }
         if diff:
             problems.append(
@@ -301,6 +441,19 @@ def check_compatible(experts, adapter, strict=True):
                 + ", ".join(f"{k} {a} vs {b}" for k, (a, b) in diff.items())
                 + f"; expert base: {adapter.metadata.get('base_model')})"
             )
+        elif recorded.get("weights") not in (None, here["weights"]):
+            message = (
+                "was trained on other base weights than this Whisper (same "
+                f"architecture; weight fingerprint {recorded['weights']} vs "
+                f"{here['weights']}; expert base: "
+                f"{adapter.metadata.get('base_model')}). Load the Whisper "
+                "it was trained on (fix whisper_hub), or pass strict=False "
+                "to use it anyway"
+            )
+            if strict:
+                problems.append(message)
+            else:
+                logger.warning("adapter %s %s", adapter.folder, message)
     extra = sorted(set(adapter.weights) - set(experts.layers))
     missing = sorted(set(experts.layers) - set(adapter.weights))
     if extra:
@@ -338,7 +491,9 @@ def check_compatible(experts, adapter, strict=True):
         )
 
 
-def attach_from_adapters(whisper, adapters, names=None, extra_experts=()):
+def attach_from_adapters(
+    whisper, adapters, names=None, extra_experts=(), strict=True
+):
     """Attaches a pool mirroring existing adapters and loads them.
 
     Arguments
@@ -352,6 +507,9 @@ def attach_from_adapters(whisper, adapters, names=None, extra_experts=()):
     extra_experts : list of str
         Names of additional fresh (trainable) experts appended after the
         loaded ones, e.g. a distillation student.
+    strict : bool
+        Refuse experts recorded with other base weights (see
+        :func:`check_compatible`).
 
     Returns
     -------
@@ -386,7 +544,7 @@ def attach_from_adapters(whisper, adapters, names=None, extra_experts=()):
         layer_names=first.layer_names,
     )
     for index, adapter in enumerate(adapters):
-        load_expert(experts, index, adapter)
+        load_expert(experts, index, adapter, strict=strict)
     experts.set_trainable(experts=range(len(adapters), experts.n_experts))
     return experts
 
@@ -458,6 +616,26 @@ def pool_folders(expert_pool, languages):
 
     Raises ``AdapterError`` naming every language without an expert and the
     command that trains it.
+
+    Arguments
+    ---------
+    expert_pool : str
+        Folder holding one adapter folder per language.
+    languages : list of str
+        The languages needed.
+
+    Returns
+    -------
+    list of str
+        The folders, in ``languages`` order.
+
+    Example
+    -------
+    >>> try:
+    ...     pool_folders(str(getfixture("tmp_path")), ["de"])
+    ... except AdapterError as e:
+    ...     print("no expert for ['de']" in str(e))
+    True
     """
     folders = [os.path.join(expert_pool, lang) for lang in languages]
     missing = [
@@ -479,7 +657,7 @@ def pool_folders(expert_pool, languages):
     return folders
 
 
-def attach_pool(whisper, expert_pool, languages, extra_experts=()):
+def attach_pool(whisper, expert_pool, languages, extra_experts=(), strict=True):
     """Attaches the pool's experts for ``languages`` (frozen, in order).
 
     Arguments
@@ -492,6 +670,8 @@ def attach_pool(whisper, expert_pool, languages, extra_experts=()):
         Target languages; expert i serves ``languages[i]``.
     extra_experts : list of str
         Fresh trainable slots appended (e.g. ``["student"]``).
+    strict : bool
+        Refuse experts recorded with other base weights.
 
     Returns
     -------
@@ -505,5 +685,9 @@ def attach_pool(whisper, expert_pool, languages, extra_experts=()):
                 f"not {lang!r}"
             )
     return attach_from_adapters(
-        whisper, adapters, names=list(languages), extra_experts=extra_experts
+        whisper,
+        adapters,
+        names=list(languages),
+        extra_experts=extra_experts,
+        strict=strict,
     )

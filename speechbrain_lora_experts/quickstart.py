@@ -13,6 +13,9 @@ With no ``--whisper_hub`` a tiny random Whisper is built (seconds; its
 transcripts are noise, it shows the pipeline). With a real Whisper folder
 (or a hub id where the hub is reachable) the numbers mean something. Runs
 are resumable: finished steps are skipped when the command is repeated.
+The corpus and the tiny Whisper are built in temporary folders renamed
+when complete, so an interrupted build is simply redone; a failed step
+prints its last lines and its log, and Ctrl-C prints one line.
 
 Authors
  * speechbrain-lora-experts developers 2026
@@ -20,12 +23,88 @@ Authors
 
 import argparse
 import os
+import shutil
+import sys
 
-from speechbrain_lora_experts.recipe_runner import load_metrics, run_recipe
+from speechbrain_lora_experts.recipe_runner import (
+    RecipeRunError,
+    load_metrics,
+    run_recipe,
+)
+
+INTERRUPTED = (
+    "Interrupted. Finished steps are kept: run the same command again to "
+    "resume."
+)
+_COMPLETE = ".complete"
+
+
+def build_once(folder, build, key=""):
+    """Build ``folder`` with ``build(tmp)`` unless a complete one exists.
+
+    The build goes to ``<folder>.partial`` and is renamed when done, so an
+    interrupted build (Ctrl-C, a crash) leaves no half folder behind that
+    a rerun would take for finished.
+
+    Arguments
+    ---------
+    folder : str
+        Final location.
+    build : callable
+        ``build(path)`` writes everything into ``path``.
+    key : str
+        What was built (e.g. the options); a complete folder built with
+        another key is built again.
+
+    Returns
+    -------
+    bool
+        Whether it was built now (False: reused).
+
+    Example
+    -------
+    >>> root = str(getfixture("tmp_path") / "a")
+    >>> build_once(root, lambda p: os.makedirs(p + "/x"), key="de")
+    True
+    >>> build_once(root, lambda p: 1 / 0, key="de")
+    False
+    """
+    marker = os.path.join(folder, _COMPLETE)
+    if os.path.isfile(marker):
+        with open(marker, encoding="utf-8") as f:
+            if f.read() == key:
+                return False
+    partial = folder + ".partial"
+    for stale in (folder, partial):
+        # A folder without the marker is what an interrupted build left.
+        if os.path.exists(stale):
+            shutil.rmtree(stale)
+    os.makedirs(partial)
+    build(partial)
+    with open(os.path.join(partial, _COMPLETE), "w", encoding="utf-8") as f:
+        f.write(key)
+    os.replace(partial, folder)
+    return True
 
 
 def parse_args(argv=None):
-    """Command-line options."""
+    """Command-line options.
+
+    Arguments
+    ---------
+    argv : list of str, optional
+        Arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    argparse.Namespace
+        The options.
+
+    Example
+    -------
+    >>> parse_args(["--languages", "de,it"]).languages
+    'de,it'
+    """
     parser = argparse.ArgumentParser(
         description="Experts + fusion vs multilingual LoRA, offline."
     )
@@ -47,31 +126,49 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    """Runs the quickstart; returns ``{system: metrics}``."""
+    """Runs the quickstart; returns ``{system: metrics}``.
+
+    Arguments
+    ---------
+    argv : list of str, optional
+        Arguments (see :func:`parse_args`).
+
+    Returns
+    -------
+    dict
+        ``{system: metrics}`` of every system run.
+    """
     args = parse_args(argv)
     out = os.path.abspath(args.out)
     languages = args.languages.split(",")
     os.makedirs(out, exist_ok=True)
 
     corpus = os.path.join(out, "corpus")
-    if not os.path.isdir(os.path.join(corpus, "common_voice")):
+
+    def build_corpus(path):
+        """Builds the demo corpus into ``path`` (the resumable step's work)."""
         from speechbrain_lora_experts.data.demo import build_demo_corpus
 
         print(f"Building a demo corpus for {languages} in {corpus}")
         build_demo_corpus(
-            corpus,
+            path,
             languages,
             per_split=tuple(int(n) for n in args.per_split.split(",")),
             seed=args.seed,
             formats=("common_voice",),
         )
+
+    build_once(
+        corpus, build_corpus, key=f"{languages} {args.per_split} {args.seed}"
+    )
     whisper = args.whisper_hub
     if whisper is None:
         from speechbrain_lora_experts.testing.tiny_whisper import (
             make_tiny_whisper,
         )
 
-        whisper = make_tiny_whisper(os.path.join(out, "tiny-whisper"))
+        whisper = os.path.join(out, "tiny-whisper")
+        build_once(whisper, make_tiny_whisper)
         print(f"Using a tiny random Whisper ({whisper}): numbers are noise")
 
     common = dict(
@@ -125,7 +222,27 @@ def main(argv=None):
 
 
 def table(systems, languages):
-    """Markdown table of per-language and macro error rates."""
+    """Markdown table of per-language and macro error rates.
+
+    Arguments
+    ---------
+    systems : dict
+        ``{system: metrics}`` (``metrics.json`` contents).
+    languages : list of str
+        The columns.
+
+    Returns
+    -------
+    str
+        The Markdown table.
+
+    Example
+    -------
+    >>> row = {"error_rate": 12.5, "metric": "WER"}
+    >>> metrics = {"per_language": {"de": row}, "macro": 12.5}
+    >>> print(table({"fusion": metrics}, ["de"]).splitlines()[2])
+    | fusion | 12.5 | 12.5 |
+    """
     first = next(iter(systems.values()))
     metric = {lang: first["per_language"][lang]["metric"] for lang in languages}
     lines = [
@@ -145,5 +262,27 @@ def table(systems, languages):
     return "\n".join(lines)
 
 
+def cli(argv=None):
+    """``main`` for the command line: an exit status, no tracebacks.
+
+    A failed step prints its last lines and log path; Ctrl-C prints one
+    line. Returns 0, 1 (a step failed) or 130 (interrupted).
+
+    Arguments
+    ---------
+    argv : list of str, optional
+        Arguments (see :func:`parse_args`).
+    """
+    try:
+        main(argv)
+    except KeyboardInterrupt:
+        print(f"\n{INTERRUPTED}", file=sys.stderr)
+        return 130
+    except RecipeRunError as err:
+        print(f"\n{err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

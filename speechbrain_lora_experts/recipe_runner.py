@@ -4,11 +4,14 @@ Used by the quickstart and the benchmarks: each run gets its own output
 folder and is skipped when that folder already holds ``metrics.json``.
 The recipe lives in the source tree (``recipes/CommonVoice/ASR/
 lora_experts``), so this needs an editable install or a source checkout.
+A failed run raises :class:`RecipeRunError`, which shows the run's last
+lines of output and names its log, instead of a bare exit status.
 
 Authors
  * speechbrain-lora-experts developers 2026
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -16,10 +19,99 @@ import sys
 import time
 
 RECIPE_PARTS = ("recipes", "CommonVoice", "ASR", "lora_experts")
+TAIL_LINES = 15
+
+
+class RecipeRunError(subprocess.CalledProcessError):
+    """A recipe run that failed, with the end of its output.
+
+    A ``CalledProcessError`` (callers catching that keep working) whose
+    message is the failing step, its last lines and its log file.
+
+    Arguments
+    ---------
+    returncode : int
+        Exit status of ``train.py``.
+    cmd : list of str
+        The command.
+    hparams : str
+        The hparams file, naming the step.
+    log_path : str or None
+        Where the whole output is.
+    tail : str
+        Its last lines.
+
+    Example
+    -------
+    >>> err = RecipeRunError(
+    ...     1, ["python", "train.py"], "expert.yaml", tail="boom"
+    ... )
+    >>> print(err)
+    The expert.yaml run failed (exit status 1). Its last lines:
+    boom
+    """
+
+    def __init__(self, returncode, cmd, hparams, log_path=None, tail=""):
+        super().__init__(returncode, cmd)
+        self.hparams = hparams
+        self.log_path = log_path
+        self.tail = tail
+
+    def __str__(self):
+        text = f"The {self.hparams} run failed (exit status {self.returncode})."
+        if self.tail:
+            text += " Its last lines:\n" + self.tail
+        if self.log_path:
+            text += f"\nFull output: {self.log_path}"
+        return text
+
+
+def read_tail(path, start=0, lines=TAIL_LINES):
+    """The last ``lines`` lines of a text file from byte ``start`` on.
+
+    Arguments
+    ---------
+    path : str or pathlib.Path
+        The file.
+    start : int
+        Byte offset to read from.
+    lines : int
+        How many lines.
+
+    Returns
+    -------
+    str
+        The lines, joined by newlines.
+
+    Example
+    -------
+    >>> path = getfixture("tmp_path") / "log.txt"
+    >>> _ = path.write_text("a\\nb\\nc\\n")
+    >>> read_tail(path, lines=2)
+    'b\\nc'
+    """
+    with open(path, "rb") as f:
+        f.seek(start)
+        text = f.read().decode("utf-8", errors="replace")
+    # Progress bars redraw with carriage returns: keep their last state.
+    kept = [line.split("\r")[-1] for line in text.split("\n")]
+    kept = [line for line in kept if line.strip()]
+    return "\n".join(kept[-lines:])
 
 
 def recipe_folder():
-    """The recipe folder of this source tree, or a clear error."""
+    """The recipe folder of this source tree, or a clear error.
+
+    Returns
+    -------
+    str
+        ``recipes/CommonVoice/ASR/lora_experts`` of the source tree.
+
+    Example
+    -------
+    >>> recipe_folder().endswith("lora_experts")
+    True
+    """
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     folder = os.path.join(root, *RECIPE_PARTS)
     if not os.path.isfile(os.path.join(folder, "train.py")):
@@ -30,8 +122,53 @@ def recipe_folder():
     return folder
 
 
+def load_recipe_script():
+    """The recipe's ``train.py`` as a module (its Brains, ``dataio_prepare``).
+
+    The Brains live in the recipe script, as in SpeechBrain recipes; tests
+    and benchmarks that drive a Brain directly import the script this way.
+    Its folder goes on ``sys.path`` first: the script imports its
+    ``common_voice_prepare`` and ``fleurs_prepare`` neighbours.
+
+    Returns
+    -------
+    module
+        ``train.py``, imported once (``__name__`` is not ``__main__``, so
+        nothing runs).
+
+    Example
+    -------
+    >>> recipe = load_recipe_script()
+    >>> sorted(recipe.BRAINS)
+    ['distill', 'expert', 'full_finetune', 'fuse', 'multilingual_lora']
+    """
+    name = "lora_experts_recipe_train"
+    if name in sys.modules:
+        return sys.modules[name]
+    folder = recipe_folder()
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(folder, "train.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def yaml_value(value):
     """A HyperPyYAML command-line override value.
+
+    Arguments
+    ---------
+    value : object
+        A Python value.
+
+    Returns
+    -------
+    str
+        Its command-line spelling.
 
     Example
     -------
@@ -66,6 +203,11 @@ def run_recipe(hparams, overrides, log=None, device="cpu", precision=None):
     -------
     float or None
         Seconds the run took; None when it was already done.
+
+    Raises
+    ------
+    RecipeRunError
+        The run failed; the message holds its last lines and log path.
     """
     out = overrides["output_folder"]
     if os.path.isfile(os.path.join(out, "metrics.json")):
@@ -80,15 +222,40 @@ def run_recipe(hparams, overrides, log=None, device="cpu", precision=None):
     if log is not None:
         log.write(" ".join(command) + "\n")
         log.flush()
+    log_path = getattr(log, "name", None)
+    offset = log.tell() if log_path else 0
     start = time.time()
-    subprocess.run(
-        command, cwd=recipe_folder(), check=True, stdout=log, stderr=log
+    result = subprocess.run(
+        command, cwd=recipe_folder(), stdout=log, stderr=log
     )
+    if result.returncode:
+        tail = read_tail(log_path, offset) if log_path else ""
+        raise RecipeRunError(
+            result.returncode, command, hparams, log_path, tail
+        )
     return time.time() - start
 
 
 def load_metrics(folder, prefix=""):
-    """A run's ``<prefix>metrics.json``, or None when absent."""
+    """A run's ``<prefix>metrics.json``, or None when absent.
+
+    Arguments
+    ---------
+    folder : str
+        The run's output folder.
+    prefix : str
+        ``""``, or ``fleurs_`` for the out-of-domain test.
+
+    Returns
+    -------
+    dict or None
+        The metrics.
+
+    Example
+    -------
+    >>> load_metrics(str(getfixture("tmp_path"))) is None
+    True
+    """
     path = os.path.join(folder, f"{prefix}metrics.json")
     if not os.path.isfile(path):
         return None

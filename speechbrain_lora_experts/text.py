@@ -26,9 +26,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from transformers.models.whisper.english_normalizer import (
-    EnglishTextNormalizer,
-)
+from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 from speechbrain_lora_experts.languages import canonical_language, uses_cer
 
@@ -48,6 +46,16 @@ def basic_normalize(text):
     replace punctuation (``P*``) and symbols (``S*``) by spaces, collapse
     whitespace. Letters (``L*``), marks (``M*``) and digits are kept, so
     umlauts, accents and Indic vowel signs survive.
+
+    Arguments
+    ---------
+    text : str
+        A transcript or hypothesis.
+
+    Returns
+    -------
+    str
+        The normalised text.
 
     Example
     -------
@@ -100,6 +108,14 @@ def load_english_spelling_mapping(path=None):
     -------
     dict
         Possibly empty mapping.
+
+    Example
+    -------
+    >>> import json
+    >>> path = getfixture("tmp_path") / "normalizer.json"
+    >>> _ = path.write_text(json.dumps({"colour": "color"}))
+    >>> load_english_spelling_mapping(str(path))
+    {'colour': 'color'}
     """
     if path is not None and os.path.isdir(path):
         path = os.path.join(path, "normalizer.json")
@@ -128,6 +144,12 @@ class EvaluationScheme:
         ``"WER"`` or ``"CER"``.
     normalize : callable
         ``str -> str`` evaluation normaliser.
+
+    Example
+    -------
+    >>> scheme = evaluation_scheme("de")
+    >>> scheme.metric, scheme.units("Guten Morgen!")
+    ('WER', ['guten', 'morgen'])
     """
 
     language: str
@@ -135,7 +157,18 @@ class EvaluationScheme:
     normalize: Callable[[str], str]
 
     def units(self, text):
-        """Normalise ``text`` and split it into scoring units."""
+        """Normalise ``text`` and split it into scoring units.
+
+        Arguments
+        ---------
+        text : str
+            A transcript or hypothesis.
+
+        Returns
+        -------
+        list of str
+            Words (WER) or non-space characters (CER).
+        """
         norm = self.normalize(text)
         if self.metric == "CER":
             # Code points, spaces dropped: jiwer's CER on Whisper's output.
@@ -168,6 +201,7 @@ def evaluation_scheme(lang, english_spelling=None):
         normalize = _english_normalizer(english_spelling)
 
         def normalize_en(text):
+            """Whisper's English normalizer, without surrounding spaces."""
             return normalize(text).strip()
 
         return EvaluationScheme(code, "WER", normalize_en)
@@ -177,6 +211,20 @@ def evaluation_scheme(lang, english_spelling=None):
 
 def normalize_for_eval(text, lang, english_spelling=None):
     """Normalise a reference or hypothesis for scoring, as Whisper does.
+
+    Arguments
+    ---------
+    text : str
+        A reference or hypothesis.
+    lang : str
+        Its language (any name :func:`canonical_language` accepts).
+    english_spelling : str, optional
+        ``normalizer.json`` (or its folder) for English spelling variants.
+
+    Returns
+    -------
+    str
+        The normalised text.
 
     Example
     -------
@@ -191,6 +239,20 @@ def normalize_for_eval(text, lang, english_spelling=None):
 def scoring_units(text, lang, english_spelling=None):
     """Normalised words, or characters without spaces for CER languages.
 
+    Arguments
+    ---------
+    text : str
+        A reference or hypothesis.
+    lang : str
+        Its language (any name :func:`canonical_language` accepts).
+    english_spelling : str, optional
+        ``normalizer.json`` (or its folder) for English spelling variants.
+
+    Returns
+    -------
+    list of str
+        The units the error rate counts.
+
     Example
     -------
     >>> scoring_units("Guten Morgen!", "de")
@@ -203,6 +265,16 @@ def scoring_units(text, lang, english_spelling=None):
 
 def error_rate_name(lang):
     """``"CER"`` or ``"WER"``, matching :func:`scoring_units`.
+
+    Arguments
+    ---------
+    lang : str
+        Any name :func:`canonical_language` accepts.
+
+    Returns
+    -------
+    str
+        ``"CER"`` or ``"WER"``.
 
     Example
     -------

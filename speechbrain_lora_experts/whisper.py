@@ -10,17 +10,95 @@ Two changes to ``speechbrain.integrations.huggingface.whisper.Whisper``:
   (the positional table is sliced), which divides the encoder cost on CPU.
   30 s (the default) is Whisper's behaviour; shorter windows trim longer
   clips, so data preparation must drop clips over the window.
+* a ``source`` that is a local path but no folder (moved, misspelled) is
+  refused with the option to fix, instead of the hub client's
+  "Repo id must be in the form ..." error.
 
 Authors
  * speechbrain-lora-experts developers 2026
 """
 
+import difflib
+import os
+
 import torch
 import torch.nn as nn
+
 from speechbrain.integrations.huggingface.whisper import Whisper as SBWhisper
 
 FULL_WINDOW_S = 30.0
 FRAMES_PER_SECOND = 100
+
+_FIX_SOURCE = (
+    "Fix the `whisper_hub` option (train.py / quickstart: "
+    "--whisper_hub=<folder or hub id>); for a model folder loaded with "
+    "LoRAExpertsASR.from_hparams, pass "
+    'overrides={"whisper_hub": "<folder>"}.'
+)
+
+
+def _looks_like_path(source):
+    # A hub id is "name" or "owner/name"; anything else is a path.
+    return (
+        os.path.isabs(source)
+        or source.startswith((".", "~"))
+        or source.count("/") > 1
+        or "\\" in source
+        or os.path.isdir(os.path.dirname(source) or "\0")
+    )
+
+
+def _near_misses(path):
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return f" (its parent folder {parent} does not exist either)"
+    close = difflib.get_close_matches(
+        os.path.basename(path), sorted(os.listdir(parent)), n=3
+    )
+    if close:
+        return f" (similar names in {parent}: {', '.join(close)})"
+    return ""
+
+
+def check_whisper_source(source):
+    """Refuse a Whisper ``source`` that is a missing or foreign folder.
+
+    A hub id (``openai/whisper-small``) passes; what the hub client does
+    with it is checked by :class:`Whisper`.
+
+    Arguments
+    ---------
+    source : str
+        Local folder or hub id.
+
+    Raises
+    ------
+    FileNotFoundError
+        A local path that is no folder, or a folder without a
+        ``config.json``; the message names the option to fix.
+
+    Example
+    -------
+    >>> check_whisper_source("openai/whisper-small")
+    >>> check_whisper_source("/models/whisper-base")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: Whisper folder /models/whisper-base does not exist...
+    """
+    source = os.fspath(source)
+    path = os.path.expanduser(source)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise FileNotFoundError(
+                f"Whisper folder {path} has no config.json: it is not a "
+                "Hugging Face Whisper model folder. " + _FIX_SOURCE
+            )
+        return
+    if _looks_like_path(source):
+        raise FileNotFoundError(
+            f"Whisper folder {path} does not exist{_near_misses(path)}. "
+            + _FIX_SOURCE
+        )
 
 
 class Whisper(SBWhisper):
@@ -41,7 +119,8 @@ class Whisper(SBWhisper):
     -------
     >>> import tempfile
     >>> from speechbrain_lora_experts.testing.tiny_whisper import (
-    ...     make_tiny_whisper)
+    ...     make_tiny_whisper,
+    ... )
     >>> folder = make_tiny_whisper(tempfile.mkdtemp())
     >>> whisper = Whisper(folder, tempfile.mkdtemp(), encoder_window_s=10)
     >>> whisper.forward_encoder(whisper._get_mel(torch.zeros(2, 16000))).shape
@@ -51,7 +130,18 @@ class Whisper(SBWhisper):
     def __init__(
         self, source, save_path, encoder_window_s=FULL_WINDOW_S, **kwargs
     ):
-        super().__init__(source, save_path, **kwargs)
+        check_whisper_source(source)
+        if os.path.isdir(os.path.expanduser(os.fspath(source))):
+            source = os.path.expanduser(os.fspath(source))
+        try:
+            super().__init__(source, save_path, **kwargs)
+        except OSError as err:
+            if os.path.isdir(source):
+                raise
+            raise OSError(
+                f"Whisper {source!r} is no local folder, and the hub client "
+                f"could not provide it ({err}). " + _FIX_SOURCE
+            ) from err
         self.encoder_window_s = float(encoder_window_s)
         frames = round(self.encoder_window_s * FRAMES_PER_SECOND)
         if not 0 < frames <= FULL_WINDOW_S * FRAMES_PER_SECOND or frames % 2:
@@ -72,7 +162,13 @@ class Whisper(SBWhisper):
 
     @property
     def window_samples(self):
-        """Samples of audio the encoder sees."""
+        """Samples of audio the encoder sees.
+
+        Returns
+        -------
+        int
+            ``encoder_window_s`` times the sample rate.
+        """
         return self._n_samples
 
     def _get_mel(self, wav):

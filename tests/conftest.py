@@ -27,3 +27,14 @@ def sb_whisper(tiny_whisper_dir, tmp_path):
     torch.manual_seed(0)
     whisper = Whisper(tiny_whisper_dir, str(tmp_path / "save"), language="de")
     return whisper.eval()
+
+
+def pytest_sessionstart(session):
+    """The recipe rows' sample clips (SpeechBrain's paths), made once."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "samples", "make_samples.py")
+    spec = importlib.util.spec_from_file_location("make_samples", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.make_samples()

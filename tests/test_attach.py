@@ -149,7 +149,43 @@ def test_merge_whole_model_matches_routing(sb_whisper):
     )
     torch.testing.assert_close(merged, routed, atol=1e-4, rtol=1e-4)
     after = sb_whisper.model.state_dict()
-    assert all(torch.equal(after[k], v) for k, v in state.items())
+    changed = [k for k, v in state.items() if not torch.equal(after[k], v)]
+    # Only the adapted weights moved, and back within PEFT's tolerance.
+    assert changed and all(
+        k.replace(".base.weight", "") in experts.layers for k in changed
+    )
+    for k in changed:
+        torch.testing.assert_close(after[k], state[k], atol=1e-4, rtol=1e-4)
+    # Asked for, a backup makes the round trip bit-exact.
+    experts.merge("de", keep_backup=True)
+    experts.unmerge()
+    again = sb_whisper.model.state_dict()
+    assert all(torch.equal(again[k], after[k]) for k in state)
+
+
+def test_scope_routes_by_name_and_restores(sb_whisper):
+    experts = WhisperLoRAExperts(sb_whisper, expert_names=["de", "es"], rank=2)
+    experts.route("es")
+    with experts.scope(route=["de", "es", -1]) as routing:
+        assert routing.index.tolist() == [0, 1, -1]
+        with experts.scope():
+            assert experts.routing.mode == "off"
+        assert routing.index.tolist() == [0, 1, -1]
+    assert experts.routing.mode == "route" and experts.routing.uniform == 1
+    with pytest.raises(KeyError, match="no expert named 'fr'"):
+        experts.scope(route="fr")
+    with pytest.raises(RuntimeError, match="add_token_gates"):
+        experts.scope(token=True)
+    experts.off()
+    experts.merge("de")
+    with pytest.raises(RuntimeError, match="unmerge"):
+        experts.scope(route="de")
+    with experts.scope():  # base only is what a merged model runs
+        pass
+    experts.unmerge()
+    with experts.scope(route="de"):
+        with pytest.raises(RuntimeError, match="inside a routing scope"):
+            experts.merge("de")
 
 
 def test_unknown_layer_and_expert_names(sb_whisper):

@@ -1,55 +1,347 @@
-"""bench/quality.py runs on the tiny fixture and writes its report."""
+"""bench/quality.py and its helpers: per-utterance errors, bootstrap
+intervals with known answers, step budgets, run references, and a report
+collected from fabricated run folders with known error rates.
 
+Authors
+ * speechbrain-lora-experts developers 2026
+"""
+
+import io
 import json
 import os
 import sys
+import tarfile
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from speechbrain.utils.train_logger import FileTrainLogger
+from speechbrain_lora_experts.metrics import MultilingualScorer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
+import bootstrap  # noqa: E402
+import quality  # noqa: E402
 
-def test_quality_benchmark_on_tiny_fixture(tmp_path, tiny_whisper_dir):
-    import quality
 
-    from speechbrain_lora_experts.data.demo import build_demo_corpus
+def _write_run(folder, utterances, prefix="", epochs=(), n_train=0):
+    """A recipe run's outputs: metrics and wer files written by the
+    package's scorer, SpeechBrain's train log, the prepared train CSV.
 
-    build_demo_corpus(
-        tmp_path / "corpus",
-        ["de", "es"],
-        per_split=(2, 1, 1),
-        seed=5,
-        speakers=3,
-        progress=False,
+    ``utterances``: (id, language, hypothesis, reference) tuples.
+    """
+    scorer = MultilingualScorer()
+    for uid, lang, hyp, ref in utterances:
+        scorer.append([uid], [lang], [hyp], [ref])
+    summary = scorer.write(str(folder), prefix=prefix)
+    if epochs:
+        logger = FileTrainLogger(str(folder / "train_log.txt"))
+        for epoch, (train, dev) in enumerate(epochs, start=1):
+            logger.log_stats(
+                {"epoch": epoch, "lr": 1e-3},
+                train_stats={"loss": train},
+                valid_stats={"loss": dev},
+                verbose=False,
+            )
+    if n_train:
+        os.makedirs(folder / "data", exist_ok=True)
+        rows = [f"u{i},1.0,x.wav,s,w,de" for i in range(n_train)]
+        (folder / "data" / "train.csv").write_text(
+            "ID,duration,wav,spk_id,wrd,lang\n" + "\n".join(rows) + "\n"
+        )
+    return summary
+
+
+def test_alignments_read_back_what_the_scorer_wrote(tmp_path):
+    summary = _write_run(
+        tmp_path,
+        [
+            ("de1", "de", "guten tag", "Guten Tag!"),
+            ("de2", "de", "wie geht es dir", "Wie geht es?"),
+            ("de3", "de", "", "Danke schön."),
+            ("zh1", "zh", "你好世间", "你好，世界。"),
+        ],
     )
-    args = [
-        f"--whisper={tiny_whisper_dir}",
-        f"--cv={tmp_path / 'corpus' / 'common_voice'}",
-        f"--fleurs={tmp_path / 'corpus' / 'fleurs'}",
-        "--languages=de,es",
-        "--systems=multilingual_lora,expert_oracle",
+    run = bootstrap.read_run(str(tmp_path))
+    assert run["de"] == {
+        "de1": (0, 2, ("guten", "tag")),
+        "de2": (1, 3, ("wie", "geht", "es")),  # one insertion
+        "de3": (2, 2, ("danke", "schön")),  # two deletions
+    }
+    assert run["zh"]["zh1"][:2] == (1, 4)  # CER: characters
+    rates, macro = bootstrap.error_rates(run)
+    for lang, rate in rates.items():
+        assert rate == pytest.approx(
+            summary["per_language"][lang]["error_rate"]
+        )
+    assert macro == pytest.approx(summary["macro"])
+    # Another prefix's files belong to another test set.
+    _write_run(tmp_path, [("x", "de", "a", "a b")], prefix="fleurs_")
+    assert bootstrap.read_run(str(tmp_path), "fleurs_")["de"] == {
+        "x": (1, 2, ("a", "b"))
+    }
+    assert set(bootstrap.read_run(str(tmp_path))["de"]) == {"de1", "de2", "de3"}
+
+
+def _run(errors, units=1, lang="de", tokens=None):
+    return {
+        lang: {
+            f"u{i:03d}": (e, units, tokens(i) if tokens else (f"s{i}",))
+            for i, e in enumerate(errors)
+        }
+    }
+
+
+def test_bootstrap_interval_of_a_rate_matches_the_binomial():
+    # 100 one-word utterances, 30 wrong: resampled WER ~ Binomial(100,
+    # 0.3), 95% interval 30 +- 1.96 * sqrt(0.3 * 0.7 / 100) = [21.0, 39.0].
+    run = _run([1] * 30 + [0] * 70)
+    boot = bootstrap.Bootstrap([run], n_resamples=4000, seed=1)
+    assert bootstrap.error_rates(run)[1] == 30.0
+    low, high = boot.interval(boot.macro([run]))
+    assert 20.0 <= low <= 22.0 and 38.0 <= high <= 40.0
+    assert boot.sizes() == {"de": {"utterances": 100, "sentences": 100}}
+
+
+def test_repeated_sentences_resample_together():
+    # 50 sentences read twice with the same outcome: 50 independent
+    # draws, not 100, so the interval is sqrt(2) wider.
+    errors = [1] * 30 + [0] * 70
+    twice = _run(errors, tokens=lambda i: (f"s{i // 2}",))
+    boot = bootstrap.Bootstrap([twice], n_resamples=4000, seed=1)
+    flat = bootstrap.Bootstrap(
+        [twice], n_resamples=4000, seed=1, by_sentence=False
+    )
+    assert boot.sizes()["de"] == {"utterances": 100, "sentences": 50}
+    width = np.subtract(*boot.interval(boot.macro([twice]))[::-1])
+    flat_width = np.subtract(*flat.interval(flat.macro([twice]))[::-1])
+    assert 1.25 < width / flat_width < 1.6
+
+
+def test_paired_gain_interval():
+    # 200 one-word utterances: the baseline gets 100 wrong, the system
+    # fixes 10 of them: gain 10%. Per resample the gain is (fixed drawn) /
+    # (baseline errors drawn), about 10 +- 3.1%: the 95% interval is near
+    # [4, 16] and excludes 0.
+    base = [1, 0] * 100
+    system = list(base)
+    for i in range(0, 40, 4):
+        system[i] = 0
+    base_run, system_run = _run(base), _run(system)
+    boot = bootstrap.Bootstrap([base_run, system_run], n_resamples=4000)
+    samples = boot.paired_gain([system_run], [base_run])
+    low, high = boot.interval(samples)
+    assert 3.0 < low < 6.0 and 14.0 < high < 17.0
+    assert boot.share_at_most(samples, 0.0) < 0.01
+    # Seeds average before the gain: a second, equal pair changes nothing.
+    again = boot.paired_gain([system_run] * 2, [base_run] * 2)
+    np.testing.assert_allclose(again, samples)
+
+
+def test_bootstrap_keeps_only_utterances_every_run_has():
+    a = _run([1, 0, 1])
+    b = _run([0, 0])
+    boot = bootstrap.Bootstrap([a, b], n_resamples=10)
+    assert boot.uids == {"de": ["u000", "u001"]} and boot.dropped == {"de": 1}
+
+
+def _args(tmp_path, **extra):
+    args = quality.parse_args(
+        [
+            "--whisper=openai/whisper-base",
+            f"--cv={tmp_path}",
+            f"--work={tmp_path / 'work'}",
+            "--languages=de,it",
+            "--seeds=1",
+            "--scenarios=aware",
+            "--max_steps=120",
+        ]
+        + [f"--{k}={v}" for k, v in extra.items()]
+    )
+    args.ood = None
+    args.train_clips = {"de": 40, "it": 38}
+    return args
+
+
+def test_step_budget_gives_experts_more_epochs(tmp_path):
+    args = _args(tmp_path, systems="multilingual_lora,expert_oracle")
+    tasks = quality.plan_runs(args)
+    ml = tasks[("system", "multilingual_lora", "aware", 1)]
+    # 78 clips, batch 4: 20 steps per epoch -> 6 epochs in 120 steps.
+    assert ml["overrides"]["number_of_epochs"] == 6
+    de = tasks[("expert", "plain", "de", 1)]["overrides"]
+    it = tasks[("expert", "plain", "it", 1)]["overrides"]
+    assert (de["number_of_epochs"], it["number_of_epochs"]) == (12, 12)
+    oracle = tasks[("system", "expert_oracle", "aware", 1)]
+    assert oracle["overrides"]["number_of_epochs"] == 0
+    assert oracle["deps"] == {
+        ("expert", "plain", "de", 1),
+        ("expert", "plain", "it", 1),
+    }
+    fixed = _args(tmp_path, systems="multilingual_lora", epochs=2)
+    fixed = quality.plan_runs(fixed)
+    assert fixed[("system", "multilingual_lora", "aware", 1)]["epochs"] == 2
+
+
+def test_systems_reference_other_runs(tmp_path):
+    # The shared + expert systems read the multilingual LoRA's adapter: it
+    # is planned (though not asked for) and runs before them.
+    args = _args(tmp_path, systems="shared_expert_oracle")
+    tasks = quality.plan_runs(args)
+    ml_key = ("system", "multilingual_lora", "aware", 1)
+    ml_out = tasks[ml_key]["out"]
+    adapter = os.path.join(ml_out, "model", "experts", "multilingual")
+    expert = tasks[("expert", "shared", "de", 1)]
+    assert expert["overrides"]["shared_adapter"] == adapter
+    assert expert["deps"] == {ml_key}
+    assert expert["out"].endswith(os.path.join("seed1", "shared_expert_de"))
+    oracle = tasks[("system", "shared_expert_oracle", "aware", 1)]
+    assert oracle["overrides"]["expert_pool"].endswith("pool_shared")
+    assert oracle["deps"] == {
+        ("expert", "shared", "de", 1),
+        ("expert", "shared", "it", 1),
+        ml_key,  # its own shared_adapter
+    }
+    assert quality.resolve("{arg:max_steps}", {}, "aware", args) == (120, set())
+    with pytest.raises(ValueError, match="names no run"):
+        quality.resolve("{run:nope}", {}, "aware", args)
+
+
+def test_estimate_of_the_medium_setting(capsys):
+    # 6 experts, then 5 systems: the experts and the multilingual LoRA
+    # share the first wave, fusion, distillation and oracle the second.
+    estimate = quality.main(
+        ["--setting=medium", "--whisper=whisper-base", "--estimate"]
+    )
+    assert estimate["runs"] == 11
+    assert estimate["cpu_seconds"] / 2 <= estimate["wall_seconds"]
+    assert estimate["wall_seconds"] < estimate["cpu_seconds"]
+    assert "plain/zh/1" in capsys.readouterr().out
+    tasks = {"a": {"deps": set()}, "b": {"deps": {"a"}}}
+    assert quality.simulate_waves(tasks, {"a": 3, "b": 4}, jobs=2) == 7
+
+
+def _fake_corpus(root):
+    locale = root / "cv" / "de"
+    os.makedirs(locale)
+    header = "client_id\tpath\tsentence\n"
+    (locale / "train.tsv").write_text(
+        header + "".join(f"c\tx{i}.mp3\tHallo\n" for i in range(10))
+    )
+    os.makedirs(root / "cv" / "it")
+    (root / "cv" / "it" / "train.tsv").write_text(
+        header + "".join(f"c\ty{i}.mp3\tCiao\n" for i in range(6))
+    )
+    # An other-synthesizer test of one Italian clip (FLEURS layout).
+    folder = root / "festival" / "data" / "it_it"
+    os.makedirs(folder / "audio")
+    (folder / "test.tsv").write_text(
+        "1\tfestival-9.wav\tCiao.\tciao\tc i a o |\t16000\tMALE\n"
+    )
+    wav = io.BytesIO()
+    sf.write(wav, np.zeros(1600), 16000, format="WAV")
+    with tarfile.open(folder / "audio" / "test.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("test/festival-9.wav")
+        info.size = len(wav.getvalue())
+        tar.addfile(info, io.BytesIO(wav.getvalue()))
+
+
+def test_report_from_fabricated_runs(tmp_path):
+    _fake_corpus(tmp_path)
+    whisper = tmp_path / "whisper-base"
+    os.makedirs(whisper)
+    (whisper / "config.json").write_text("{}")
+    seed = tmp_path / "work" / "seed1"
+    # In-domain: ML-LoRA de 25%, it 50% (macro 37.5); distillation de 0%,
+    # it 25% (macro 12.5): gain 66.7%.
+    _write_run(
+        seed / "multilingual_lora_aware",
+        [
+            ("de1", "de", "eins zwei drei", "eins zwei drei vier"),
+            ("de2", "de", "fünf sechs sieben", "fünf sechs sieben acht"),
+            ("it1", "it", "uno due", "uno due tre quattro"),
+            ("it2", "it", "cinque sei", "cinque sei sette otto"),
+        ],
+        epochs=[(1.0, 0.64), (0.5, 0.48)],
+        n_train=16,
+    )
+    _write_run(
+        seed / "distillation_aware",
+        [
+            ("de1", "de", "eins zwei drei vier", "eins zwei drei vier"),
+            ("de2", "de", "fünf sechs sieben acht", "fünf sechs sieben acht"),
+            ("it1", "it", "uno due tre", "uno due tre quattro"),
+            ("it2", "it", "cinque sei sette", "cinque sei sette otto"),
+        ],
+        epochs=[(1.0, 0.7)],
+        n_train=16,
+    )
+    # Out-of-domain file: espeak clips and the Festival clip.
+    for name, festival_hyp in (
+        ("multilingual_lora_aware", "ciao ciao"),
+        ("distillation_aware", "ciao"),
+    ):
+        _write_run(
+            seed / name,
+            [
+                ("de_fleurs_1", "de", "gut", "gut"),
+                ("it_fleurs_2", "it", "no", "sì"),
+                ("it_fleurs_festival-9", "it", festival_hyp, "ciao"),
+            ],
+            prefix="fleurs_",
+        )
+    argv = [
+        f"--whisper={whisper}",
+        f"--cv={tmp_path / 'cv'}",
+        f"--other_synth={tmp_path / 'festival'}",
+        "--languages=de,it",
+        "--systems=multilingual_lora,distillation",
         "--scenarios=aware",
+        "--seeds=1",
+        "--bootstrap=200",
         f"--work={tmp_path / 'work'}",
         f"--out={tmp_path / 'results'}",
+        "--collect_only",
     ]
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    quality.SETTINGS["small"] = dict(
-        epochs=1, batch_size=2, window=10.0, lr=1e-3
+    result = quality.main(argv)
+    results = result["results"]
+    ml = results["in_domain"]["systems"]["multilingual_lora/aware"]
+    distill = results["in_domain"]["systems"]["distillation/aware"]
+    assert ml["macro"] == pytest.approx(37.5)
+    assert distill["macro"] == pytest.approx(12.5)
+    assert distill["paired_gain"]["gain"] == pytest.approx(200 / 3)
+    low, high = distill["paired_gain"]["ci"]
+    assert low <= 200 / 3 <= high
+    assert ml["macro_ci"][0] <= 37.5 <= ml["macro_ci"][1]
+    # The FLEURS-layout file splits into the espeak and Festival columns.
+    ood = results["out_of_domain"]["systems"]["distillation/aware"]
+    assert ood["per_language"]["it"]["mean"] == 100.0
+    other = results["other_synth"]
+    assert other["languages"] == ["it"]
+    assert other["systems"]["multilingual_lora/aware"]["macro"] == 100.0
+    assert other["systems"]["distillation/aware"]["macro"] == 0.0
+    assert result["other_synth_languages"] == ["it"]
+    # Steps = epochs x ceil(16 / 4); dev curve from train_log.txt.
+    run = next(
+        r for r in result["runs"] if r.get("system") == "multilingual_lora"
     )
-    result = quality.main(args)
-    table = result["results"]
-    assert set(table) == {"multilingual_lora/aware", "expert_oracle/aware"}
-    for entry in table.values():
-        for test in ("in_domain", "out_of_domain"):
-            numbers = entry[test]
-            assert set(numbers["per_language"]) == {"de", "es"}
-            assert numbers["macro"] >= 0
-    baseline = table["multilingual_lora/aware"]["in_domain"]
-    assert baseline["relative_gain_vs_multilingual_lora"] == 0.0
-    written = json.loads(
-        (tmp_path / "results" / "quality_small.json").read_text()
-    )
-    assert written["languages"] == ["de", "es"]
-    assert (tmp_path / "results" / "quality_small_wer_aware.png").exists()
-    # A second call resumes: nothing is retrained.
-    again = quality.main(args + ["--collect_only"])
-    assert again["results"] == table
+    assert run["training"]["optimizer_steps"] == 8
+    assert run["training"]["dev_loss"] == [0.64, 0.48]
+    assert result["train_clips"] == {"de": 10, "it": 6}
+    # Provenance: command, commit, whisper fingerprint, no machine paths.
+    written = (tmp_path / "results" / "quality_small.json").read_text()
+    assert json.loads(written)["command"] == result["command"]
+    assert result["command"].startswith("python bench/quality.py ")
+    assert "--cv=<cv>" in result["command"]
+    assert "--collect_only" in result["command"]
+    assert result["commit"] is None or len(result["commit"]) == 40
+    assert result["whisper"]["name"] == "whisper-base"
+    assert result["languages"] == ["de", "it"]
+    assert str(tmp_path) not in written and ROOT not in written
+    assert os.path.expanduser("~") not in written
+    markdown = (tmp_path / "results" / "quality_small.md").read_text()
+    assert "| distillation | aware | 0.0 | 25.0 | 12.5 [" in markdown
+    assert "8 · 0.64→0.48" in markdown
+    assert "absent: de" in markdown

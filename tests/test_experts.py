@@ -139,16 +139,22 @@ def test_gradients_reach_only_routed_trainable_experts():
 def test_stack_cache_follows_parameter_updates():
     layer, routing = make_layer()
     x = torch.randn(2, 3, 12)
-    routing.route(torch.tensor([0, 1]))
-    with torch.no_grad():
-        first = layer(x)
+    with routing.scope(route=torch.tensor([0, 1])), torch.no_grad():
+        layer(x)
+        assert (id(layer), "stack") in routing._cache
         layer.experts[1].lora_B.add_(1.0)
         second = layer(x)
-    torch.testing.assert_close(second[0], first[0])
+    torch.testing.assert_close(second[0], manual(layer, x[0], 0))
     torch.testing.assert_close(second[1], manual(layer, x[1], 1))
+    # Nothing derived from the weights outlives the scope.
+    assert not routing._cache
 
 
-def test_merge_and_unmerge_round_trip_exactly():
+# PEFT's tolerance for merge/unmerge round trips (tests/testing_common.py).
+PEFT_TOL = dict(atol=1e-4, rtol=1e-4)
+
+
+def test_merge_and_unmerge_round_trip():
     layer, routing = make_layer()
     x = torch.randn(2, 3, 12)
     original = layer.base.weight.detach().clone()
@@ -160,8 +166,14 @@ def test_merge_and_unmerge_round_trip_exactly():
     routing.route(1)
     with pytest.raises(RuntimeError, match="unmerge"):
         layer(x)
+    # No copy of the weight is kept: unmerge subtracts the same update.
+    assert not any(
+        isinstance(t, torch.Tensor) and t.shape == original.shape
+        for t in _tensors_in(layer._merged)
+    )
     layer.unmerge()
-    assert torch.equal(layer.base.weight, original)
+    torch.testing.assert_close(layer.base.weight, original, **PEFT_TOL)
+    assert not torch.equal(layer.base.weight, original + 1e-3)
     # A fixed weighted mix merges like the per-utterance mix computes.
     routing.mix(torch.tensor([[0.1, 0.6, 0.3]]))
     mixed = layer(x[:1])
@@ -169,9 +181,40 @@ def test_merge_and_unmerge_round_trip_exactly():
     routing.off()
     torch.testing.assert_close(layer(x[:1]), mixed, atol=1e-5, rtol=1e-5)
     layer.unmerge()
-    assert torch.equal(layer.base.weight, original)
+    torch.testing.assert_close(layer.base.weight, original, **PEFT_TOL)
     with pytest.raises(RuntimeError, match="nothing is merged"):
         layer.unmerge()
+
+
+def test_merge_with_backup_restores_bit_exactly():
+    layer, routing = make_layer()
+    original = layer.base.weight.detach().clone()
+    layer.merge(expert=0, keep_backup=True)
+    assert not torch.equal(layer.base.weight, original)
+    layer.unmerge()
+    assert torch.equal(layer.base.weight, original)
+
+
+def test_unmerge_removes_the_merged_update_even_if_experts_changed():
+    """The update is recomputed from the factors as they were merged."""
+    layer, routing = make_layer()
+    original = layer.base.weight.detach().clone()
+    layer.merge(expert=1)
+    with torch.no_grad():
+        layer.experts[1].lora_B.mul_(3.0)
+    layer.unmerge()
+    torch.testing.assert_close(layer.base.weight, original, **PEFT_TOL)
+
+
+def _tensors_in(obj):
+    """Tensors held by a tuple of tensors/closures (a merge record)."""
+    found = []
+    for item in obj if isinstance(obj, tuple) else (obj,):
+        if isinstance(item, torch.Tensor):
+            found.append(item)
+        for cell in getattr(item, "__closure__", None) or ():
+            found.extend(_tensors_in(cell.cell_contents))
+    return found
 
 
 def test_static_merges():
@@ -182,8 +225,11 @@ def test_static_merges():
     deltas = [e.delta_weight().detach() for e in layer.experts]
     routing.mix(torch.full((2, 3), 1 / 3))
     mixed = layer(x)
-    layer.merge_delta(linear_merge(deltas))
+    layer.merge_combined(linear_merge)
     routing.off()
+    torch.testing.assert_close(layer(x), mixed, atol=1e-5, rtol=1e-5)
+    layer.unmerge()
+    layer.merge_delta(linear_merge(deltas))
     torch.testing.assert_close(layer(x), mixed, atol=1e-5, rtol=1e-5)
     layer.unmerge()
     merged = ties_merge(deltas, density=0.5)
@@ -218,35 +264,43 @@ def test_inference_fast_path_matches_the_lora_path(setting):
     x = torch.randn(2, 5, 12)
     shared = torch.tensor([[0.2, 0.5, 0.3]]).expand(2, 3)
     set_routing = {
-        "expert": lambda: routing.route(torch.tensor([1, 1])),
-        "base": lambda: routing.route(-1),
-        "per_utterance": lambda: routing.route(torch.tensor([0, 2])),
-        "shared_mix": lambda: routing.mix(shared.clone()),
-        "varying_mix": lambda: routing.mix(torch.softmax(x[:, 0, :3], -1)),
+        "expert": lambda: routing.scope(route=torch.tensor([1, 1])),
+        "base": lambda: routing.scope(route=-1),
+        "per_utterance": lambda: routing.scope(route=torch.tensor([0, 2])),
+        "shared_mix": lambda: routing.scope(mix=shared.clone()),
+        "varying_mix": lambda: routing.scope(
+            mix=torch.softmax(x[:, 0, :3], -1)
+        ),
     }[setting]
-    set_routing()
-    with torch.enable_grad():
-        reference = layer(x).detach()
-    with torch.no_grad():
-        fast = layer(x)
-        # Each decoding step reuses the folded weight.
-        again = layer(x[:, :1])
-    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(again, reference[:, :1], atol=1e-5, rtol=1e-5)
-    # A batch-wide update is folded into the weight once.
-    folded = setting in ("expert", "shared_mix")
-    assert (layer._effective is not None) == folded
-    # An expert changed in place is seen at once (no stale fold).
-    with torch.no_grad():
-        for expert in layer.experts:
-            expert.lora_B.add_(1.0)
-        changed = layer(x)
-    with torch.enable_grad():
-        expected = layer(x).detach()
-    torch.testing.assert_close(changed, expected, atol=1e-5, rtol=1e-5)
-    # A new routing call invalidates the fold.
-    routing.route(0)
-    with torch.no_grad():
+    with set_routing():
+        with torch.enable_grad():
+            reference = layer(x).detach()
+        with torch.no_grad():
+            # A large input (an encoder pass) folds for the call only.
+            fast = layer(x)
+            assert (id(layer), "fold") not in routing._cache
+            # Decoding steps: the second one on reuses the folded weight.
+            steps = [layer(x[:, t : t + 1]) for t in range(3)]
+        torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(
-            layer(x), manual(layer, x, 0), atol=1e-5, rtol=1e-5
+            torch.cat(steps, dim=1), reference[:, :3], atol=1e-5, rtol=1e-5
         )
+        folded = setting in ("expert", "shared_mix")
+        assert ((id(layer), "fold") in routing._cache) == folded
+        # An expert changed in place is seen at once (no stale fold).
+        with torch.no_grad():
+            for expert in layer.experts:
+                expert.lora_B.add_(1.0)
+            changed = layer(x[:, :1])
+        with torch.enable_grad():
+            expected = layer(x[:, :1]).detach()
+        torch.testing.assert_close(changed, expected, atol=1e-5, rtol=1e-5)
+        if setting != "base":
+            assert not torch.allclose(changed, steps[0], atol=1e-3)
+        # A new routing call invalidates the fold.
+        routing.route(0)
+        with torch.no_grad():
+            torch.testing.assert_close(
+                layer(x), manual(layer, x, 0), atol=1e-5, rtol=1e-5
+            )
+    assert not routing._cache and routing.mode == "off"

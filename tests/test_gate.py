@@ -76,3 +76,136 @@ def test_gate_features_are_checked(sb_whisper):
     experts = _pool(sb_whisper)
     with pytest.raises(TypeError, match="wrapper"):
         GateTap(sb_whisper.model, experts, gate)
+
+
+def test_top_k_keeps_the_k_largest_renormalised():
+    gate = UtteranceGate(4, 4, hidden_size=8, top_k=2)
+    logits = torch.tensor([[2.0, 0.0, 1.0, -1.0], [0.0, 3.0, 0.0, 2.5]])
+    weights = gate.weights_from_logits(logits)
+    dense = torch.softmax(logits, dim=-1)
+    assert (weights > 0).sum(dim=1).tolist() == [2, 2]
+    assert weights[0, 1] == 0 and weights[0, 3] == 0
+    assert weights[1, 0] == 0 and weights[1, 2] == 0
+    # The kept experts keep their relative weight, renormalised to 1.
+    torch.testing.assert_close(
+        weights[0, [0, 2]], dense[0, [0, 2]] / dense[0, [0, 2]].sum()
+    )
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(2))
+    hard = UtteranceGate(4, 4, top_k=1).weights_from_logits(logits)
+    assert hard.tolist() == [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]
+    with pytest.raises(ValueError, match="top_k"):
+        UtteranceGate(4, 4, top_k=5)
+
+
+def test_temperature_softens_the_weights():
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    weights = {
+        t: UtteranceGate(4, 3, temperature=t).weights_from_logits(logits)
+        for t in (0.5, 1.0, 4.0)
+    }
+    torch.testing.assert_close(weights[4.0], torch.softmax(logits / 4, -1))
+    torch.testing.assert_close(weights[0.5], torch.softmax(logits * 2, -1))
+    assert weights[0.5][0, 0] > weights[1.0][0, 0] > weights[4.0][0, 0]
+    with pytest.raises(ValueError, match="temperature"):
+        UtteranceGate(4, 3, temperature=0)
+
+
+def test_language_embedding_conditions_an_aware_gate():
+    torch.manual_seed(0)
+    gate = UtteranceGate(
+        8, 3, hidden_size=16, language_aware=True, features="base_encoder"
+    )
+    nn_init = torch.nn.init
+    # The output layer starts at zero (the language prior alone decides);
+    # a trained gate's is not.
+    nn_init.normal_(gate.output.weight)
+    nn_init.normal_(gate.language_embedding.weight)
+    features, valid = torch.randn(1, 6, 8).expand(3, 6, 8), torch.ones(3)
+    logits = gate.logits(features, valid, language=torch.tensor([0, 1, 2]))
+    # Same audio, three languages: three different decisions.
+    assert not torch.allclose(logits[0], logits[1])
+    assert not torch.allclose(logits[1], logits[2])
+    logits.sum().backward()
+    assert gate.language_embedding.weight.grad.abs().sum(dim=1).gt(0).all()
+    with pytest.raises(ValueError, match="needs language"):
+        gate.logits(features, valid)
+    with pytest.raises(IndexError, match="language index 3"):
+        gate.logits(features, valid, language=torch.tensor([0, 1, 3]))
+
+
+def test_gate_inputs_are_checked():
+    gate = UtteranceGate(8, 2, features="base_encoder")
+    features = torch.randn(2, 5, 8)
+    with pytest.raises(ValueError, match=r"\[B, T, 8\]"):
+        gate(torch.randn(2, 5, 6), torch.ones(2))
+    with pytest.raises(ValueError, match=r"valid_fraction must be \[2\]"):
+        gate(features, torch.ones(3))
+    lid = UtteranceGate(8, 2)
+    with pytest.raises(ValueError, match=r"lid_prior must be \[2, 2\]"):
+        lid(features, torch.ones(2), lid_prior=torch.zeros(2, 3))
+
+
+def test_lid_loss_teaches_the_gate_the_language():
+    """FusionBrain's auxiliary loss: CE of the gate logits on the language."""
+    from types import SimpleNamespace
+
+    from speechbrain_lora_experts.recipe_runner import load_recipe_script
+
+    FusionBrain = load_recipe_script().FusionBrain
+
+    brain = object.__new__(FusionBrain)
+    brain.hparams = SimpleNamespace(
+        fusion="gate",
+        gate_level="utterance",
+        lid_loss_weight=0.5,
+        language_aware=False,
+    )
+    brain.device = "cpu"
+    batch = SimpleNamespace(lang_id=[1, 0])
+    logits = torch.tensor([[0.0, 2.0], [1.0, 0.0]], requires_grad=True)
+    loss = brain.extra_loss({"gate_logits": logits}, batch, None)
+    expected = 0.5 * torch.nn.functional.cross_entropy(
+        logits, torch.tensor([1, 0])
+    )
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    # Descending the loss raises the true language's logit.
+    assert logits.grad[0, 1] < 0 and logits.grad[1, 0] < 0
+    brain.hparams.lid_loss_weight = 0.0
+    assert brain.extra_loss({"gate_logits": logits}, batch, None) == 0
+    # An aware gate is told the language: no loss towards that label, so
+    # the ASR loss alone decides when it borrows another expert.
+    brain.hparams.lid_loss_weight = 0.5
+    brain.hparams.language_aware = True
+    assert brain.extra_loss({"gate_logits": logits}, batch, None) == 0
+
+
+def test_tap_state_serves_one_forward(sb_whisper):
+    experts = _pool(sb_whisper)
+    gate = UtteranceGate.for_whisper(sb_whisper, 2, features="base_encoder")
+    gate.eval()
+    mel = sb_whisper._get_mel(torch.randn(2, 16000) * 0.1)
+    tap = GateTap(sb_whisper, experts, gate)
+    try:
+        with torch.no_grad():
+            tap.prepare(valid_fraction=torch.tensor([0.03, 0.05]))
+            sb_whisper.forward_encoder(mel)
+            first = tap.weights
+            assert first.shape == (2, 2)
+            # A second pass without prepare() reuses nothing.
+            with pytest.raises(RuntimeError, match="prepare"):
+                sb_whisper.forward_encoder(mel)
+            # A batch that does not match what was prepared is refused.
+            tap.prepare(valid_fraction=torch.tensor([0.03]))
+            assert tap.weights is None
+            with pytest.raises(ValueError, match="given 1 utterances"):
+                sb_whisper.forward_encoder(mel)
+            with pytest.raises(ValueError, match=r"\[B\]"):
+                tap.prepare(valid_fraction=torch.ones(2, 1))
+            tap.prepare(valid_fraction=torch.tensor([0.05]))
+            sb_whisper.forward_encoder(mel[1:])
+            torch.testing.assert_close(
+                tap.weights, first[1:], atol=1e-5, rtol=1e-5
+            )
+    finally:
+        tap.remove()

@@ -10,12 +10,16 @@ with FLEURS in :mod:`speechbrain_lora_experts.data.manifest`.
 Example (hparams-style)::
 
     from speechbrain.utils.distributed import run_on_main
-    run_on_main(prepare_common_voice, kwargs={
-        "data_folder": "/data/cv-corpus-17.0-2024-03-15",
-        "save_folder": "results/data",
-        "languages": ["de", "zh", "sv"],
-        "max_utterances": {"train": 2000, "dev": 200, "test": 200},
-    })
+
+    run_on_main(
+        prepare_common_voice,
+        kwargs={
+            "data_folder": "/data/cv-corpus-17.0-2024-03-15",
+            "save_folder": "results/data",
+            "languages": ["de", "zh", "sv"],
+            "max_utterances": {"train": 2000, "dev": 200, "test": 200},
+        },
+    )
 
 Authors
  * speechbrain-lora-experts developers 2026
@@ -57,6 +61,8 @@ def prepare_common_voice(
     min_duration=0.0,
     csv_prefix="",
     skip_prep=False,
+    audio_check="decode",
+    max_chars_per_second="auto",
 ):
     """Write ``<save_folder>/<csv_prefix><split>.csv`` for Common Voice.
 
@@ -87,6 +93,14 @@ def prepare_common_voice(
         Prefix of the output file names.
     skip_prep : bool
         Return the output paths without preparing anything.
+    audio_check : str
+        ``decode`` (default): every clip is decoded once, so corrupt,
+        truncated and NaN audio is skipped and counted here instead of
+        failing in training (6.3 s of CPU per 1,000 five-second 48 kHz
+        mp3 clips). ``header``: headers only (0.2 s per 1,000 clips).
+    max_chars_per_second : float, "auto" or None
+        Skip rows whose transcript is implausibly long for the clip
+        (``"auto"``: 30 characters/s, 15 for Chinese, Cantonese, Japanese).
 
     Returns
     -------
@@ -97,6 +111,11 @@ def prepare_common_voice(
     ------
     PreparationError
         Missing folders/TSVs/columns, or no usable training rows.
+
+    Example
+    -------
+    >>> prepare_common_voice("cv", "prep", ["de"], skip_prep=True)["train"]
+    'prep/train.csv'
     """
     splits = parse_splits(splits)
     if skip_prep:
@@ -117,19 +136,27 @@ def prepare_common_voice(
         max_hours=max_hours,
         max_duration=max_duration,
         min_duration=min_duration,
+        audio_check=audio_check,
+        max_chars_per_second=max_chars_per_second,
     )
 
     def tsv(code, split):
+        """Path of one locale's split TSV."""
         return os.path.join(data_folder, locales[code], f"{split}.tsv")
 
     def rows_for(code, split):
+        """Rows of one locale's split TSV, clips resolved."""
         clips = os.path.join(data_folder, locales[code], "clips")
         return read_common_voice_tsv(tsv(code, split), clips)
 
     def make():
+        """Collects every language and split (the preparation step)."""
         return collect_corpus(options, rows_for, tsv, lambda c: f"{c}_")
 
-    return run_preparation(CORPUS, save_folder, csv_prefix, options, make)
+    tsvs = [tsv(code, split) for code in locales for split in splits]
+    return run_preparation(
+        CORPUS, save_folder, csv_prefix, options, make, {"hashed": tsvs}
+    )
 
 
 def _locale_folders(data_folder):
@@ -154,6 +181,14 @@ def find_locale_folder(data_folder, language):
     -------
     str
         Folder name, e.g. ``zh-CN``.
+
+    Example
+    -------
+    >>> import os
+    >>> release = str(getfixture("tmp_path"))
+    >>> os.makedirs(os.path.join(release, "sv-SE"))
+    >>> find_locale_folder(release, "sv")
+    'sv-SE'
     """
     if not os.path.isdir(data_folder):
         raise PreparationError(
@@ -229,6 +264,18 @@ def read_common_voice_tsv(tsv_path, clips_dir):
     ------
     Candidate or Rejected
         One per non-blank data row, in file order.
+
+    Example
+    -------
+    >>> folder = getfixture("tmp_path")
+    >>> tsv = folder / "train.tsv"
+    >>> _ = tsv.write_text(
+    ...     "client_id\\tpath\\tsentence\\nspk\\ta.mp3\\tHallo Welt\\nspk\\tb.mp3\\n",
+    ...     encoding="utf-8",
+    ... )
+    >>> rows = list(read_common_voice_tsv(str(tsv), str(folder / "clips")))
+    >>> rows[0].audio_relpath, rows[0].text, rows[1].reason
+    ('a.mp3', 'Hallo Welt', 'malformed_row')
     """
     rows = iter_tsv(tsv_path)
     first = next(rows, None)

@@ -230,6 +230,7 @@ def parse_po(text):
     entries, entry, field = [], {}, None
 
     def flush():
+        """Stores the catalog entry read so far, if it has a msgid."""
         nonlocal entry, field
         if "msgid" in entry:
             entry.setdefault("fuzzy", False)
@@ -385,6 +386,16 @@ def fleurs_transcription(text):
     Apostrophes and hyphens inside words are kept; spaces left between
     CJK characters by removed punctuation are dropped.
 
+    Arguments
+    ---------
+    text : str
+        The raw sentence.
+
+    Returns
+    -------
+    str
+        The normalised transcription.
+
     Example
     -------
     >>> fleurs_transcription("Bitte nicht so schnell, l'ami! Geht's?")
@@ -407,6 +418,16 @@ def fleurs_transcription(text):
 
 def fleurs_characters(transcription):
     """FLEURS' character column: characters spaced, ``|`` ends each word.
+
+    Arguments
+    ---------
+    transcription : str
+        A :func:`fleurs_transcription`.
+
+    Returns
+    -------
+    str
+        The character column.
 
     Example
     -------
@@ -540,6 +561,7 @@ def _band(freqs, highpass, lowpass):
     """Zero-phase band-pass gain with raised-cosine skirts."""
 
     def ramp(x):
+        """Raised-cosine ramp from 0 (x <= 0) to 1 (x >= 1)."""
         return 0.5 - 0.5 * np.cos(np.pi * np.clip(x, 0.0, 1.0))
 
     return ramp(freqs / highpass) * ramp(
@@ -699,6 +721,8 @@ def build_demo_corpus(
     warts=False,
     progress=True,
     workers=None,
+    sentences=None,
+    other_synth=False,
 ):
     """Write a synthetic multilingual corpus in Common Voice/FLEURS layout.
 
@@ -733,13 +757,23 @@ def build_demo_corpus(
         Show a tqdm progress bar.
     workers : int, optional
         Clips rendered in parallel (default: up to 2 CPU cores).
+    sentences : dict, optional
+        Language -> ``{key: sentence}`` to read instead of Django's
+        catalogs (for more text than they have). Equal keys across
+        languages mark translations (FLEURS' parallel ids).
+    other_synth : bool
+        Also read the FLEURS test sentences with another synthesizer
+        (Festival, see :mod:`speechbrain_lora_experts.data.other_synth`)
+        into ``<out_dir>/other_synth`` (FLEURS layout; languages without
+        a Festival voice are left out). Needs ``"fleurs"`` in ``formats``.
 
     Returns
     -------
     dict
         ``common_voice`` / ``fleurs``: per language the folder, locale or
         code, and rows per TSV; ``warnings`` (list of str), ``clips``,
-        ``audio_seconds`` and ``seconds`` (wall clock).
+        ``audio_seconds`` and ``seconds`` (wall clock); with
+        ``other_synth``, that builder's report (plus ``folder``).
 
     Example
     -------
@@ -762,6 +796,12 @@ def build_demo_corpus(
 
     start_time = time.time()
     _check_tools()
+    if other_synth:
+        from speechbrain_lora_experts.data import other_synth as festival
+
+        if "fleurs" not in formats:
+            raise ValueError("other_synth reads the FLEURS test: add fleurs")
+        festival.check_festival()  # before minutes of espeak-ng rendering
     if cv_schema not in CV_HEADERS:
         raise ValueError(f"cv_schema must be one of {sorted(CV_HEADERS)}")
     unknown = set(formats) - set(FORMATS)
@@ -787,6 +827,7 @@ def build_demo_corpus(
     report = dict(common_voice={}, fleurs={}, warnings=[])
 
     def warn(message):
+        """Warns and records the warning in the build report."""
         warnings.warn(message, stacklevel=3)
         report["warnings"].append(message)
 
@@ -794,10 +835,16 @@ def build_demo_corpus(
     # every language has first, in one order for all languages, so the same
     # sentence ids land in the same splits. Common Voice takes the next
     # ones: the two corpora share no text.
-    texts = {lang: catalog_sentences(lang) for lang in langs}
+    texts = {
+        lang: dict(sentences[lang])
+        if sentences and lang in sentences
+        else catalog_sentences(lang)
+        for lang in langs
+    }
     shared = set.intersection(*(set(t) for t in texts.values()))
 
     def order(key):
+        """Sort key: sentences every language has first, then seeded."""
         return key not in shared, _stable_int(seed, "order", key)
 
     fmts = [fmt for fmt in ("fleurs", "common_voice") if fmt in formats]
@@ -923,6 +970,22 @@ def build_demo_corpus(
             table["name"]
         )
         report[table["format"]][table["lang"]] = entry
+    if other_synth:
+        # The FLEURS test shares no text with Common Voice (see above);
+        # held_out() also drops sentences read twice.
+        seen = [c["text"] for c in clips if c["split"] != "test"]
+        test = {
+            t["lang"]: [c["text"] for c in t["rows"] if c["split"] == "test"]
+            for t in tables
+            if t["format"] == "fleurs"
+        }
+        folder = os.path.join(out_dir, "other_synth")
+        report["other_synth"] = festival.build_other_synth_test(
+            folder,
+            {lang: festival.held_out(s, seen) for lang, s in test.items()},
+            seed=seed,
+        )
+        report["other_synth"]["folder"] = folder
     report.update(
         languages=langs,
         clips=len(clips),
@@ -1029,7 +1092,13 @@ def _write_tar(path, members):
 
 
 def main(argv=None):
-    """Command line entry point (see the module docstring)."""
+    """Command line entry point (see the module docstring).
+
+    Arguments
+    ---------
+    argv : list of str, optional
+        Command-line arguments (default: ``sys.argv[1:]``).
+    """
     parser = argparse.ArgumentParser(
         prog="python -m speechbrain_lora_experts.data.demo",
         description="Write an offline demo corpus in Common Voice and "
@@ -1048,6 +1117,11 @@ def main(argv=None):
         "--warts", action="store_true", help="44.1 kHz, stereo, empty clips"
     )
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument(
+        "--other-synth",
+        action="store_true",
+        help="also read the FLEURS test with Festival (other_synth/)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     report = build_demo_corpus(
@@ -1061,6 +1135,7 @@ def main(argv=None):
         warts=args.warts,
         progress=not args.no_progress,
         workers=args.workers,
+        other_synth=args.other_synth,
     )
     print(json.dumps(report, indent=1, ensure_ascii=False))
 

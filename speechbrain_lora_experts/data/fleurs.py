@@ -54,7 +54,13 @@ _CHUNK = 1 << 20
 
 
 class UnsafeArchiveError(PreparationError):
-    """A tar member that would be written outside its target folder."""
+    """A tar member that would be written outside its target folder.
+
+    Example
+    -------
+    >>> issubclass(UnsafeArchiveError, Exception)
+    True
+    """
 
 
 def prepare_fleurs(
@@ -68,6 +74,8 @@ def prepare_fleurs(
     min_duration=0.0,
     csv_prefix="",
     skip_prep=False,
+    audio_check="decode",
+    max_chars_per_second="auto",
 ):
     """Write ``<save_folder>/<csv_prefix><split>.csv`` for FLEURS.
 
@@ -91,11 +99,32 @@ def prepare_fleurs(
         Prefix of output file names, e.g. ``"fleurs_"``.
     skip_prep : bool
         Return the output paths without preparing anything.
+    audio_check : str
+        ``decode`` (default): every clip is decoded once, so corrupt,
+        truncated and NaN audio is skipped and counted here instead of
+        failing in training (6.3 s of CPU per 1,000 five-second 48 kHz
+        mp3 clips). ``header``: headers only (0.2 s per 1,000 clips).
+    max_chars_per_second : float, "auto" or None
+        Skip rows whose transcript is implausibly long for the clip
+        (``"auto"``: 30 characters/s, 15 for Chinese, Cantonese, Japanese).
 
     Returns
     -------
     dict
         ``{split: csv path}``.
+
+    Example
+    -------
+    >>> paths = prepare_fleurs(
+    ...     "fleurs",
+    ...     "prep",
+    ...     ["de"],
+    ...     ["test"],
+    ...     csv_prefix="fleurs_",
+    ...     skip_prep=True,
+    ... )
+    >>> paths
+    {'test': 'prep/fleurs_test.csv'}
     """
     splits = parse_splits(splits)
     if skip_prep:
@@ -116,13 +145,17 @@ def prepare_fleurs(
         max_hours=max_hours,
         max_duration=max_duration,
         min_duration=min_duration,
+        audio_check=audio_check,
+        max_chars_per_second=max_chars_per_second,
     )
     audio_root = os.path.join(save_folder, AUDIO_DIR)
 
     def tsv(lang, split):
+        """Path of one language's split TSV."""
         return os.path.join(dirs[lang], f"{split}.tsv")
 
     def rows_for(lang, split):
+        """Rows of one split, its archive extracted first."""
         dest = os.path.join(audio_root, codes[lang])
         tar = os.path.join(dirs[lang], "audio", f"{split}.tar.gz")
         extract_archive(tar, dest, marker_name=f".{split}.extracted.json")
@@ -131,13 +164,45 @@ def prepare_fleurs(
         )
 
     def make():
+        """Collects every language and split (the preparation step)."""
         return collect_corpus(options, rows_for, tsv, lambda c: f"{c}_fleurs_")
 
-    return run_preparation(CORPUS, save_folder, csv_prefix, options, make)
+    inputs = {
+        "hashed": [tsv(lang, split) for lang in codes for split in splits],
+        "stamped": [
+            os.path.join(dirs[lang], "audio", f"{split}.tar.gz")
+            for lang in codes
+            for split in splits
+        ],
+    }
+    return run_preparation(
+        CORPUS, save_folder, csv_prefix, options, make, inputs
+    )
 
 
 def find_fleurs_folder(data_folder, code):
-    """``<data_folder>/data/<code>`` (or ``<data_folder>/<code>``)."""
+    """``<data_folder>/data/<code>`` (or ``<data_folder>/<code>``).
+
+    Arguments
+    ---------
+    data_folder : str
+        The FLEURS root.
+    code : str
+        FLEURS config name (``de_de``).
+
+    Returns
+    -------
+    str
+        The language's folder.
+
+    Example
+    -------
+    >>> import os
+    >>> root = str(getfixture("tmp_path"))
+    >>> os.makedirs(os.path.join(root, "data", "de_de"))
+    >>> find_fleurs_folder(root, "de_de") == os.path.join(root, "data", "de_de")
+    True
+    """
     for folder in (
         os.path.join(data_folder, "data", code),
         os.path.join(data_folder, code),
@@ -185,6 +250,17 @@ def read_fleurs_tsv(tsv_path, audio_dir, spk_prefix=""):
     ------
     Candidate or Rejected
         In file order.
+
+    Example
+    -------
+    >>> folder = getfixture("tmp_path")
+    >>> tsv = folder / "test.tsv"
+    >>> _ = tsv.write_text(
+    ...     "1\\ta.wav\\tHallo.\\thallo\\th a l l o |\\t16000\\tFEMALE\\nbad\\n"
+    ... )
+    >>> rows = list(read_fleurs_tsv(str(tsv), str(folder), "de_"))
+    >>> rows[0].audio_relpath, rows[0].text, rows[1].reason
+    ('a.wav', 'Hallo.', 'malformed_row')
     """
     for line, fields in iter_tsv(tsv_path):
         where = f"{tsv_path}:{line}"

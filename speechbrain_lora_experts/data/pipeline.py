@@ -20,9 +20,9 @@ Authors
 
 import logging
 
-import speechbrain as sb
 import torch
 
+import speechbrain as sb
 from speechbrain_lora_experts.data.audio import load_audio
 from speechbrain_lora_experts.data.manifest import KeepUnknownVariables
 from speechbrain_lora_experts.languages import language_token, uses_cer
@@ -34,16 +34,38 @@ MAX_TARGET_POSITIONS = 448  # Whisper's decoder length
 
 
 class NoDataError(ValueError):
-    """A target language has no utterances in a data split."""
+    """A target language has no utterances in a data split.
+
+    Example
+    -------
+    >>> issubclass(NoDataError, ValueError)
+    True
+    """
 
 
 def text_tokens(tokenizer, text, lang):
     """Token ids of a transcript (no special tokens).
 
+    Arguments
+    ---------
+    tokenizer : transformers.WhisperTokenizer
+        Whisper's tokenizer.
+    text : str
+        The transcript.
+    lang : str
+        Its language: a leading space is added unless it is scored by
+        character (Whisper's own outputs start so).
+
+    Returns
+    -------
+    list of int
+        The token ids.
+
     Example
     -------
     >>> from speechbrain_lora_experts.testing.tiny_whisper import (
-    ...     build_whisper_tokenizer)
+    ...     build_whisper_tokenizer,
+    ... )
     >>> tok = build_whisper_tokenizer()
     >>> tok.decode(text_tokens(tok, "Hallo Welt", "de"))
     ' Hallo Welt'
@@ -55,7 +77,31 @@ def text_tokens(tokenizer, text, lang):
 
 
 def prompt_ids(tokenizer, lang, task="transcribe"):
-    """``[sot, <|lang|>, <|task|>, notimestamps]`` for one language."""
+    """``[sot, <|lang|>, <|task|>, notimestamps]`` for one language.
+
+    Arguments
+    ---------
+    tokenizer : transformers.WhisperTokenizer
+        Whisper's tokenizer.
+    lang : str
+        The language of the prompt.
+    task : str
+        ``transcribe`` or ``translate``.
+
+    Returns
+    -------
+    list of int
+        The four prompt token ids.
+
+    Example
+    -------
+    >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+    ...     build_whisper_tokenizer,
+    ... )
+    >>> tok = build_whisper_tokenizer()
+    >>> tok.convert_ids_to_tokens(prompt_ids(tok, "de"))
+    ['<|startoftranscript|>', '<|de|>', '<|transcribe|>', '<|notimestamps|>']
+    """
     tokens = [
         "<|startoftranscript|>",
         language_token(lang),
@@ -85,6 +131,20 @@ def target_mask(tokens_eos_lens, shape, language_aware):
         ``(B, T)`` of the padded targets.
     language_aware : bool
         Scenario of the system being trained.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[B, T]`` float mask, 1 where the target carries loss.
+
+    Example
+    -------
+    >>> lens = torch.tensor([1.0, 0.5])
+    >>> target_mask(lens, (2, 6), language_aware=True)
+    tensor([[0., 0., 0., 1., 1., 1.],
+            [0., 0., 0., 0., 0., 0.]])
+    >>> target_mask(lens, (2, 6), language_aware=False)[0]
+    tensor([1., 0., 0., 1., 1., 1.])
     """
     batch, steps = shape
     lengths = torch.round(tokens_eos_lens * steps).long()
@@ -170,6 +230,7 @@ def build_dataset(
     @sb.utils.data_pipeline.takes("wav")
     @sb.utils.data_pipeline.provides("sig")
     def audio_pipeline(wav):
+        """Loads the clip as mono audio at ``sample_rate``."""
         return load_audio(wav, sample_rate)
 
     @sb.utils.data_pipeline.takes("wrd", "lang")
@@ -177,6 +238,7 @@ def build_dataset(
         "lang_id", "tokens_list", "tokens_bos", "tokens_eos"
     )
     def text_pipeline(wrd, lang):
+        """Yields the expert index, text tokens, decoder inputs, targets."""
         yield index[lang]
         tokens = text_tokens(tokenizer, wrd, lang)
         if len(tokens) > max_text:

@@ -52,7 +52,11 @@ class Clip:
     """How to materialise one audio file.
 
     ``kind``: ``audio`` (decodable), ``zero`` (0 bytes), ``corrupt``
-    (garbage bytes), ``missing`` (not written).
+    (garbage bytes), ``missing`` (not written), ``corrupt_body`` (a valid
+    header, random bytes after the first KiB), ``truncated`` (the first
+    40 % of the file: the header still declares the full duration),
+    ``nan`` (a float wav of NaN samples, whatever the extension),
+    ``no_samples`` (a wav header without samples).
     """
 
     duration: float = 1.0
@@ -72,6 +76,23 @@ def write_clip(path, clip, fmt):
     elif clip.kind == "corrupt":
         with open(path, "wb") as f:
             f.write(b"this is not an mp3 file at all " * 64)
+    elif clip.kind == "no_samples":
+        sf.write(path, np.zeros(0, dtype="float32"), 16000, format="WAV")
+    elif clip.kind == "nan":
+        n = int(round(clip.duration * clip.sample_rate))
+        data = np.full(n, np.nan, dtype="float32")
+        sf.write(path, data, clip.sample_rate, format="WAV", subtype="FLOAT")
+    elif clip.kind in ("corrupt_body", "truncated"):
+        data = signal(clip.duration, clip.sample_rate, clip.channels, clip.seed)
+        sf.write(path, data, clip.sample_rate, format=fmt)
+        payload = open(path, "rb").read()
+        if clip.kind == "truncated":
+            payload = payload[: int(len(payload) * 0.4)]
+        else:
+            rng = np.random.default_rng(clip.seed)
+            payload = payload[:1024] + rng.bytes(len(payload) - 1024)
+        with open(path, "wb") as f:
+            f.write(payload)
     else:
         data = signal(clip.duration, clip.sample_rate, clip.channels, clip.seed)
         subtype = "PCM_16" if fmt == "WAV" else None

@@ -15,19 +15,801 @@ an out-of-domain FLEURS test to a Common Voice run. Runs on CPU with
 ``--device=cpu --precision=fp32`` and under ``torchrun`` with
 ``--distributed_backend=gloo``.
 
+The Brains of the five systems share one base class (Whisper forward,
+masked cross-entropy, decoding with per-utterance language prompts,
+per-language metrics, early stopping on the dev loss, gradient averaging
+under DDP); each system only says how experts are routed and what it adds
+to the loss:
+
+=====================  ==============================================
+``ExpertBrain``        one LoRA on one language (route everything to it)
+``MultilingualBrain``  one LoRA on all target languages (the baseline)
+``FullFinetuneBrain``  every Whisper weight trains (the other baseline)
+``FusionBrain``        frozen experts mixed by a trained gate
+``DistillBrain``       expert teachers, one multilingual LoRA student
+=====================  ==============================================
+
+``language_aware: True`` gives the language token in the decoder prompt;
+``False`` makes the model predict it (taught as a target during training,
+detected at evaluation).
+
 Authors
  * speechbrain-lora-experts developers 2026
 """
 
+import contextlib
+import json
+import logging
+import os
 import sys
 
-import speechbrain as sb
+import torch
+from common_voice_prepare import prepare_common_voice
+from fleurs_prepare import prepare_fleurs
 from hyperpyyaml import load_hyperpyyaml
-from speechbrain.utils.distributed import run_on_main
 
-from speechbrain_lora_experts.brains import BRAINS
-from speechbrain_lora_experts.data.prepare import prepare_data
+import speechbrain as sb
+from speechbrain.utils.distributed import run_on_main
+from speechbrain_lora_experts import decoding
+from speechbrain_lora_experts.attach import WhisperLoRAExperts
+from speechbrain_lora_experts.checkpointing import (
+    quarantine_incomplete_checkpoints,
+)
+from speechbrain_lora_experts.data.pipeline import build_dataset, target_mask
+from speechbrain_lora_experts.distill import (
+    distillation_loss,
+    masked_cross_entropy,
+)
 from speechbrain_lora_experts.export import export_run
+from speechbrain_lora_experts.gate import GateTap
+from speechbrain_lora_experts.metrics import MultilingualScorer
+from speechbrain_lora_experts.peft_io import attach_pool
+
+logger = logging.getLogger(__name__)
+
+
+class DevCurve:
+    """Dev loss and error rate of every epoch so far, for ``run.json``.
+
+    Kept in ``<output_folder>/dev_curve.json``, written at every epoch end,
+    rather than in the checkpoints: checkpoints of runs started before the
+    curve existed still resume. A resumed run drops the points of epochs
+    after the checkpoint it resumed from (a run killed between writing the
+    curve and saving the checkpoint redoes that epoch).
+
+    Arguments
+    ---------
+    path : str or None
+        The JSON file (None: in memory only).
+
+    Example
+    -------
+    >>> path = str(getfixture("tmp_path") / "dev_curve.json")
+    >>> curve = DevCurve(path)
+    >>> curve.append(1, 2.5, None)
+    >>> curve.append(2, 2.0, 40.0)
+    >>> again = DevCurve(path)
+    >>> again.load(up_to_epoch=1)
+    >>> again.points
+    [{'epoch': 1, 'loss': 2.5, 'error_rate': None}]
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.points = []
+
+    def load(self, up_to_epoch):
+        """Reads the curve written so far, up to an epoch.
+
+        Arguments
+        ---------
+        up_to_epoch : int
+            The epoch training resumes after (points beyond it are
+            dropped).
+        """
+        if self.path and os.path.isfile(self.path):
+            with open(self.path, encoding="utf-8") as f:
+                points = json.load(f)
+            self.points = [p for p in points if p["epoch"] <= up_to_epoch]
+
+    def append(self, epoch, loss, error_rate):
+        """Records one epoch's dev results and writes the curve.
+
+        Arguments
+        ---------
+        epoch : int
+            The epoch.
+        loss : float
+            Its dev loss.
+        error_rate : float or None
+            Its macro dev error rate, None when the dev set was not decoded
+            (``valid_search_interval``).
+        """
+        self.points = [p for p in self.points if p["epoch"] < epoch]
+        self.points.append(
+            {"epoch": epoch, "loss": float(loss), "error_rate": error_rate}
+        )
+        if self.path and sb.utils.distributed.if_main_process():
+            with open(self.path, "w", encoding="utf-8") as f:
+                json.dump(self.points, f, indent=1)
+
+
+class WhisperExpertsBrain(sb.Brain):
+    """What every system shares. Subclasses override ``set_routing``.
+
+    Hparams read: ``whisper``, ``experts`` (may be None), ``languages``,
+    ``language_aware``, ``label_smoothing``, ``decoding`` (greedy/beam),
+    ``beam_size``, ``valid_search_interval``, ``epoch_counter`` (an
+    ``EpochCounterWithStopper``: early stopping on the dev loss),
+    ``train_logger``, ``output_folder``; optionally ``lr_annealing``.
+
+    Arguments
+    ---------
+    *args
+        ``sb.Brain``'s arguments.
+    **kwargs
+        ``sb.Brain``'s keyword arguments.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Brains driven without an output folder (unit tests, benchmarks)
+        # keep the curve in memory only.
+        folder = getattr(self.hparams, "output_folder", None)
+        self.dev_curve = DevCurve(
+            os.path.join(folder, "dev_curve.json") if folder else None
+        )
+
+    def set_routing(self, batch, stage):
+        """Sets the experts' routing for this batch (before the encoder).
+
+        Called inside ``routing_scope()``: the routing ends with the
+        forward, also when it raises.
+        """
+
+    def routing_scope(self, route=None):
+        """The experts' routing scope for one forward (a no-op without)."""
+        if self.experts is None:
+            return contextlib.nullcontext()
+        return self.experts.scope(route=route)
+
+    @property
+    def whisper(self):
+        """The (unwrapped) Whisper module."""
+        return self.hparams.whisper
+
+    @property
+    def experts(self):
+        """The expert pool, or None."""
+        return getattr(self.hparams, "experts", None)
+
+    @property
+    def languages(self):
+        """Target languages; their order is ``lang_id``."""
+        return list(self.hparams.languages)
+
+    @property
+    def language_aware(self):
+        """Whether the language is given to Whisper."""
+        return bool(self.hparams.language_aware)
+
+    def lang_ids(self, batch):
+        """``[B]`` index of each utterance's language in ``languages``."""
+        return torch.as_tensor(batch.lang_id, device=self.device)
+
+    # Forward ----------------------------------------------------------------
+    def compute_forward(self, batch, stage):
+        """Teacher-forced logits, and hypotheses when evaluating."""
+        batch = batch.to(self.device)
+        wavs, wav_lens = batch.sig
+        tokens_bos, _ = batch.tokens_bos
+        mel = self.whisper._get_mel(wavs)
+        with self.routing_scope():
+            self.set_routing(batch, stage)
+            enc = self.whisper.forward_encoder(mel)
+            logits = self.whisper.forward_decoder(
+                enc, tokens_bos, use_cache=False
+            )
+            predictions = {"logits": logits[0]}
+            if stage != sb.Stage.TRAIN and self._decode_now(stage):
+                predictions.update(self.decode(batch, enc))
+        return predictions
+
+    def _decode_now(self, stage):
+        if stage == sb.Stage.TEST:
+            return True
+        interval = getattr(self.hparams, "valid_search_interval", 1)
+        epoch = self.hparams.epoch_counter.current
+        return interval > 0 and epoch % interval == 0
+
+    def predicted_languages(self, batch, enc):
+        """Language codes used in the prompt, and whether they were given."""
+        if self.language_aware:
+            return list(batch.lang)
+        codes, _ = decoding.detect_language(
+            self.whisper, enc, candidates=self.languages
+        )
+        return codes
+
+    def decode(self, batch, enc):
+        """Greedy or beam decoding with one language prompt per utterance."""
+        languages = self.predicted_languages(batch, enc)
+        prompts = decoding.prompt_tokens(self.whisper, languages)
+        durations = torch.as_tensor(
+            [float(d) for d in batch.duration], device=enc.device
+        )
+        limits = decoding.max_tokens_for(durations)
+        if getattr(self.hparams, "decoding", "greedy") == "beam":
+            tokens = decoding.beam_decode(
+                self.whisper,
+                enc,
+                prompts.to(enc.device),
+                self.hparams.beam_size,
+                limits,
+            )
+        else:
+            tokens = decoding.greedy_decode(
+                self.whisper, enc, prompts.to(enc.device), limits
+            )
+        return {
+            "hyps": decoding.decode_text(self.whisper, tokens),
+            "pred_langs": languages,
+        }
+
+    # Loss -------------------------------------------------------------------
+    def loss_mask(self, batch):
+        """``[B, T]`` target positions the scenario teaches."""
+        tokens_eos, tokens_eos_lens = batch.tokens_eos
+        return target_mask(
+            tokens_eos_lens, tokens_eos.shape, self.language_aware
+        )
+
+    def token_loss(self, logits, batch):
+        """Masked cross-entropy over the targets the scenario teaches."""
+        return masked_cross_entropy(
+            logits,
+            batch.tokens_eos.data,
+            self.loss_mask(batch),
+            getattr(self.hparams, "label_smoothing", 0.0),
+        )
+
+    def compute_objectives(self, predictions, batch, stage):
+        """Cross-entropy (+ what subclasses add); scores hypotheses."""
+        loss = self.token_loss(predictions["logits"], batch)
+        loss = loss + self.extra_loss(predictions, batch, stage)
+        if "hyps" in predictions:
+            self.scorer.append(
+                ids=list(batch.id),
+                languages=list(batch.lang),
+                hypotheses=predictions["hyps"],
+                references=list(batch.wrd),
+                predicted_languages=(
+                    None if self.language_aware else predictions["pred_langs"]
+                ),
+            )
+        return loss
+
+    def extra_loss(self, predictions, batch, stage):
+        """Additional loss terms of a system (none by default)."""
+        return torch.zeros((), device=self.device)
+
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **kw):
+        """SpeechBrain's loaders, with a private generator.
+
+        A DataLoader iterator draws a seed from the global random stream when
+        it is created. A run resumed mid-epoch creates its iterator at another
+        point of that stream than an uninterrupted run, which would shift
+        every later dropout mask; a private generator keeps resume exact.
+        """
+        kw.setdefault("generator", torch.Generator().manual_seed(0))
+        return super().make_dataloader(dataset, stage, ckpt_prefix, **kw)
+
+    # DDP: gradients are averaged by hand, because the Brain calls Whisper's
+    # encoder and decoder methods directly, never a DDP-wrapped forward.
+    def _wrap_distributed(self):
+        if self.distributed_launch:
+            for param in self.trainable_parameters():
+                torch.distributed.broadcast(param.data, src=0)
+
+    def trainable_parameters(self):
+        """Parameters the optimiser updates, in a fixed order."""
+        return [p for p in self.modules.parameters() if p.requires_grad]
+
+    def optimizers_step(self):
+        """Averages gradients across processes, then steps."""
+        if self.distributed_launch:
+            world = torch.distributed.get_world_size()
+            for param in self.trainable_parameters():
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
+                torch.distributed.all_reduce(param.grad)
+                param.grad /= world
+        super().optimizers_step()
+
+    # Stages -----------------------------------------------------------------
+    def on_stage_start(self, stage, epoch=None):
+        """Fresh scorer per stage."""
+        self.scorer = MultilingualScorer()
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Logs, anneals, checkpoints, and writes metrics."""
+        stats = {"loss": stage_loss}
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = stats
+            return
+        if self.scorer.stats:
+            summary = self.scorer.summary()
+            stats["macro_error_rate"] = summary["macro"]
+            for lang, row in summary["per_language"].items():
+                stats[f"{row['metric']}_{lang}"] = row["error_rate"]
+            if summary.get("lid_accuracy") is not None:
+                stats["lid_accuracy"] = summary["lid_accuracy"]
+        if stage == sb.Stage.VALID:
+            lr = self._anneal(stage_loss, epoch)
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, "lr": lr},
+                train_stats=getattr(self, "train_stats", None),
+                valid_stats=stats,
+            )
+            self.dev_curve.append(
+                epoch, stage_loss, stats.get("macro_error_rate")
+            )
+            # Early stopping: the counter ends the epoch loop after
+            # `patience` epochs without a lower dev loss. Updated before the
+            # save so that a resumed run keeps counting from here; the test
+            # still uses the best checkpoint (min dev loss), not the last.
+            self.hparams.epoch_counter.update_metric(stage_loss)
+            meta = {k: v for k, v in stats.items() if _is_number(v)}
+            self.checkpointer.save_and_keep_only(
+                meta=meta,
+                min_keys=["loss"],
+                num_to_keep=getattr(self.hparams, "ckpts_to_keep", 1),
+            )
+        elif stage == sb.Stage.TEST:
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epochs": self.hparams.epoch_counter.current},
+                test_stats=stats,
+            )
+            if sb.utils.distributed.if_main_process():
+                self.write_metrics(stats)
+
+    def _anneal(self, stage_loss, epoch):
+        scheduler = getattr(self.hparams, "lr_annealing", None)
+        if scheduler is None or self.optimizer is None:
+            return self.optimizer.param_groups[0]["lr"] if self.optimizer else 0
+        old_lr, new_lr = scheduler(stage_loss)
+        sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
+        return old_lr
+
+    def write_metrics(self, stats):
+        """Writes ``metrics.json`` and wer files into the output folder."""
+        folder = self.hparams.output_folder
+        prefix = getattr(self, "metrics_prefix", "")
+        if self.scorer.stats:
+            self.scorer.write(folder, prefix=prefix)
+        path = os.path.join(folder, f"{prefix}run.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(
+                {
+                    "system": type(self).__name__,
+                    "languages": self.languages,
+                    "language_aware": self.language_aware,
+                    "test_loss": stats["loss"],
+                    "epochs": self.hparams.epoch_counter.current,
+                    "stopped_early": bool(
+                        getattr(self.hparams.epoch_counter, "should_stop", 0)
+                    ),
+                    "optimizer_steps": self.optimizer_step,
+                    "dev_curve": self.dev_curve.points,
+                    "train_loss_history": getattr(self, "loss_history", []),
+                },
+                f,
+                indent=2,
+            )
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        """Keeps the training loss curve (shown in run.json)."""
+        if should_step:
+            history = getattr(self, "loss_history", [])
+            history.append(float(loss.detach()))
+            self.loss_history = history
+
+    def on_fit_start(self):
+        """Logs the parameter report before training."""
+        super().on_fit_start()  # recovers the checkpoint, if any
+        self.dev_curve.load(up_to_epoch=self.hparams.epoch_counter.current)
+        if self.experts is not None:
+            logger.info("expert pool: %s", self.experts.parameter_report())
+
+
+class ExpertBrain(WhisperExpertsBrain):
+    """Trains one language expert (a LoRA) on its language's data."""
+
+    def set_routing(self, batch, stage):
+        """Everything goes through expert 0."""
+        self.experts.route(0)
+
+
+class MultilingualBrain(ExpertBrain):
+    """One LoRA trained on all target languages mixed (the baseline)."""
+
+
+class FullFinetuneBrain(WhisperExpertsBrain):
+    """All Whisper weights train; no experts."""
+
+
+class FusionBrain(WhisperExpertsBrain):
+    """Frozen experts combined per utterance.
+
+    ``fusion`` selects how:
+
+    * ``gate`` (trained): the utterance-level gate reads the hidden states
+      entering the first encoder layer the experts adapt (or the encoder
+      output when they adapt none), so it always sees base-model features
+      and costs no extra encoder pass; ``gate_level: token`` uses per-layer
+      token gates instead;
+    * ``oracle``: each utterance goes through its true language's expert
+      (an upper bound, not a deployable system);
+    * ``linear`` / ``ties``: a static, training-free merge of all experts
+      into the weights (``ties_density``).
+
+    Hparams: ``gate``, ``gate_level``, ``lid_loss_weight``, ``lid_source``
+    (gate/decoder, agnostic scenario), ``fusion``, ``ties_density``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Token gates must exist before the optimiser and checkpoint recovery.
+        if self.token_level and not self.experts.token_gates:
+            self.experts.add_token_gates(
+                getattr(self.hparams, "gate_temperature", 1.0)
+            )
+
+    @property
+    def fusion(self):
+        """How the experts are combined."""
+        return getattr(self.hparams, "fusion", "gate")
+
+    @property
+    def token_level(self):
+        """Whether per-layer token gates mix the experts."""
+        level = getattr(self.hparams, "gate_level", "utterance")
+        return self.fusion == "gate" and level == "token"
+
+    @property
+    def uses_tap(self):
+        """Whether the utterance gate routes."""
+        return self.fusion == "gate" and not self.token_level
+
+    def on_fit_start(self):
+        """Installs the gate tap or merges statically."""
+        self._prepare_fusion()
+        super().on_fit_start()
+
+    def on_evaluate_start(self, max_key=None, min_key=None):
+        """Installs the gate tap or merges (when only evaluating)."""
+        super().on_evaluate_start(max_key=max_key, min_key=min_key)
+        self._prepare_fusion()
+
+    def _prepare_fusion(self):
+        if self.fusion in ("linear", "ties"):
+            if not self.experts.merged:
+                kwargs = {}
+                if self.fusion == "ties":
+                    kwargs["density"] = self.hparams.ties_density
+                self.experts.merge_static(self.fusion, **kwargs)
+            return
+        if self.fusion not in ("gate", "oracle"):
+            raise ValueError(
+                f"fusion must be gate, oracle, linear or ties; got "
+                f"{self.fusion!r}"
+            )
+        if self.uses_tap and getattr(self, "_tap", None) is None:
+            self._tap = GateTap(self.whisper, self.experts, self.hparams.gate)
+
+    def set_routing(self, batch, stage):
+        """Gate (utterance or token), oracle routing, or nothing (merged)."""
+        if self.fusion == "oracle":
+            self.experts.route(self.lang_ids(batch))
+        elif self.token_level:
+            self.experts.use_token_gates()
+        elif self.uses_tap:
+            wavs, wav_lens = batch.sig
+            self._tap.prepare(
+                valid_fraction=wav_lens
+                * wavs.shape[1]
+                / self.whisper.window_samples,
+                language=self.lang_ids(batch) if self.language_aware else None,
+            )
+        else:
+            self.experts.off()
+
+    def compute_forward(self, batch, stage):
+        """Adds the gate's weights and logits to the predictions."""
+        predictions = super().compute_forward(batch, stage)
+        if self.uses_tap:
+            predictions["gate_logits"] = self._tap.logits
+            predictions["gate_weights"] = self._tap.weights
+        return predictions
+
+    def predicted_languages(self, batch, enc):
+        """In the agnostic scenario the gate can name the language."""
+        source = getattr(self.hparams, "lid_source", "gate")
+        if self.language_aware or not self.uses_tap or source != "gate":
+            return super().predicted_languages(batch, enc)
+        best = self._tap.logits.argmax(dim=-1).tolist()
+        return [self.languages[i] for i in best]
+
+    def extra_loss(self, predictions, batch, stage):
+        """Auxiliary language-identification loss (agnostic gates only).
+
+        An aware gate is told the language: a loss towards that same label
+        would only teach it to copy it and never to borrow another
+        language's expert, so its mix is learned from the ASR loss alone.
+        """
+        weight = getattr(self.hparams, "lid_loss_weight", 0.0)
+        if not self.uses_tap or not weight or self.language_aware:
+            return super().extra_loss(predictions, batch, stage)
+        return weight * torch.nn.functional.cross_entropy(
+            predictions["gate_logits"], self.lang_ids(batch)
+        )
+
+    def on_stage_start(self, stage, epoch=None):
+        """Collects gate weights per true language for the report."""
+        super().on_stage_start(stage, epoch)
+        self.gate_sums = {}
+
+    def compute_objectives(self, predictions, batch, stage):
+        """Also accumulates mean gate weights per language."""
+        if "gate_weights" in predictions and stage != sb.Stage.TRAIN:
+            weights = predictions["gate_weights"].detach().cpu()
+            for lang, row in zip(batch.lang, weights):
+                total, count = self.gate_sums.get(lang, (0, 0))
+                self.gate_sums[lang] = (total + row, count + 1)
+        return super().compute_objectives(predictions, batch, stage)
+
+    def write_metrics(self, stats):
+        """Adds the mean gate weights per true language."""
+        super().write_metrics(stats)
+        if not self.gate_sums:
+            return
+        table = {
+            lang: dict(zip(self.languages, (total / count).tolist()))
+            for lang, (total, count) in self.gate_sums.items()
+        }
+        prefix = getattr(self, "metrics_prefix", "")
+        path = os.path.join(
+            self.hparams.output_folder, f"{prefix}gate_weights.json"
+        )
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(table, f, indent=2)
+
+
+class DistillBrain(WhisperExpertsBrain):
+    """Expert teachers (frozen) distilled into one multilingual LoRA.
+
+    The pool holds the language experts followed by a ``student`` slot. The
+    teacher of an utterance is Whisper + its language's expert, run under
+    ``no_grad``; when the experts adapt no encoder layer, teacher and student
+    share one encoder pass. Hparams: ``distill_weight`` (lambda),
+    ``distill_temperature``.
+    """
+
+    @property
+    def student(self):
+        """Index of the student slot."""
+        return self.experts.index_of("student")
+
+    def set_routing(self, batch, stage):
+        """The student is what trains and what is evaluated."""
+        self.experts.route(self.student)
+
+    def compute_forward(self, batch, stage):
+        """Student forward; teacher logits too when training."""
+        if stage != sb.Stage.TRAIN:
+            return super().compute_forward(batch, stage)
+        batch = batch.to(self.device)
+        wavs, _ = batch.sig
+        tokens_bos, _ = batch.tokens_bos
+        mel = self.whisper._get_mel(wavs)
+        shares_encoder = not any(
+            name.startswith("encoder.") for name in self.experts.layers
+        )
+        # The teacher is a fixed target: no dropout, no graph.
+        was_training = self.whisper.training
+        self.whisper.eval()
+        try:
+            with self.routing_scope(self.lang_ids(batch)), torch.no_grad():
+                teacher_enc = self.whisper.forward_encoder(mel)
+                teacher = self.whisper.forward_decoder(
+                    teacher_enc, tokens_bos, use_cache=False
+                )[0]
+        finally:
+            self.whisper.train(was_training)
+        with self.routing_scope():
+            self.set_routing(batch, stage)
+            if shares_encoder:
+                enc = teacher_enc
+            else:
+                enc = self.whisper.forward_encoder(mel)
+            logits = self.whisper.forward_decoder(
+                enc, tokens_bos, use_cache=False
+            )
+        return {"logits": logits[0], "teacher_logits": teacher}
+
+    def compute_objectives(self, predictions, batch, stage):
+        """Distillation loss when training, plain CE when evaluating."""
+        if "teacher_logits" not in predictions:
+            return super().compute_objectives(predictions, batch, stage)
+        loss, _, _ = distillation_loss(
+            predictions["logits"],
+            predictions["teacher_logits"],
+            batch.tokens_eos.data,
+            self.loss_mask(batch),
+            weight=self.hparams.distill_weight,
+            temperature=self.hparams.distill_temperature,
+            label_smoothing=getattr(self.hparams, "label_smoothing", 0.0),
+        )
+        return loss
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+BRAINS = {
+    "expert": ExpertBrain,
+    "multilingual_lora": MultilingualBrain,
+    "full_finetune": FullFinetuneBrain,
+    "fuse": FusionBrain,
+    "distill": DistillBrain,
+}
+
+
+# Prefix of the out-of-domain FLEURS test's CSV and metrics files.
+FLEURS_TEST_PREFIX = "fleurs_"
+
+
+def prepare_data(hparams):
+    """Prepares the CSVs of the training corpus and the optional FLEURS test.
+
+    Runs on the main process only (``run_on_main`` in ``__main__``); every
+    argument is spelled out so the preparation is reproducible from the
+    yaml alone.
+
+    Arguments
+    ---------
+    hparams : dict
+        The loaded hyperparameters.
+    """
+    prepare = {
+        "common_voice": prepare_common_voice,
+        "fleurs": prepare_fleurs,
+    }
+    if hparams["dataset"] not in prepare:
+        raise ValueError(
+            f"dataset must be one of {sorted(prepare)}, got "
+            f"{hparams['dataset']!r}"
+        )
+    common = {
+        "languages": hparams["languages"],
+        "max_duration": hparams["encoder_window_s"],
+        "skip_prep": hparams["skip_prep"],
+        "audio_check": hparams["audio_check"],
+        "max_chars_per_second": hparams["max_chars_per_second"],
+    }
+    run_on_main(
+        prepare[hparams["dataset"]],
+        kwargs={
+            "data_folder": hparams["data_folder"],
+            "save_folder": hparams["prep_folder"],
+            "max_utterances": hparams["max_utterances"],
+            "max_hours": hparams["max_hours"],
+            **common,
+        },
+    )
+    if hparams["fleurs_folder"]:
+        run_on_main(
+            prepare_fleurs,
+            kwargs={
+                "data_folder": hparams["fleurs_folder"],
+                "save_folder": hparams["prep_folder"],
+                "splits": ["test"],
+                "csv_prefix": FLEURS_TEST_PREFIX,
+                **common,
+            },
+        )
+
+
+def dataio_prepare(hparams):
+    """Builds the train, dev and test datasets of the prepared CSVs.
+
+    Arguments
+    ---------
+    hparams : dict
+        The loaded hyperparameters (``train_csv``, ``valid_csv``,
+        ``test_csv``, ``fleurs_test_csv``, ``languages``, ``whisper``).
+
+    Returns
+    -------
+    dict
+        ``{"train": ds, "valid": ds, "test": {metrics prefix: ds}}``: the
+        Common Voice (or FLEURS) test has prefix ``""``, the out-of-domain
+        FLEURS test ``"fleurs_"``.
+    """
+    # `$data_root` in a CSV's wav column is the data folder (hand-written
+    # CSVs such as the recipe tests'); prepared CSVs hold full paths.
+    replacements = {"data_root": hparams["data_folder"]}
+
+    def make(csv_path, name, sort):
+        """Builds one split's dataset."""
+        return build_dataset(
+            csv_path,
+            hparams["whisper"].tokenizer,
+            hparams["languages"],
+            sample_rate=hparams["sample_rate"],
+            sort=sort,
+            replacements=replacements,
+            name=name,
+        )
+
+    datasets = {
+        "train": make(hparams["train_csv"], "train", hparams["sorting"]),
+        "valid": make(hparams["valid_csv"], "valid", "ascending"),
+        "test": {"": make(hparams["test_csv"], "test", "ascending")},
+    }
+    if hparams["fleurs_folder"]:
+        datasets["test"][FLEURS_TEST_PREFIX] = make(
+            hparams["fleurs_test_csv"], "fleurs test", "ascending"
+        )
+    return datasets
+
+
+def attach_experts(hparams):
+    """Attaches the pool's experts (fusion, distillation) to Whisper.
+
+    Done here, when training starts, rather than in the yaml, so that the
+    yaml loads without a trained pool. The experts join the checkpoint.
+
+    Arguments
+    ---------
+    hparams : dict
+        The loaded hyperparameters (``expert_pool``, ``languages``,
+        ``untrained_experts`` and the ``lora_*`` shape of untrained
+        experts, optional ``extra_experts``: fresh trainable slots such as
+        the distillation student).
+
+    Returns
+    -------
+    WhisperLoRAExperts
+        Frozen language experts followed by the trainable extra slots.
+    """
+    languages = list(hparams["languages"])
+    extra = list(hparams.get("extra_experts") or [])
+    if hparams["untrained_experts"]:
+        experts = WhisperLoRAExperts(
+            hparams["whisper"],
+            expert_names=languages + extra,
+            rank=hparams["lora_rank"],
+            alpha=hparams["lora_alpha"],
+            dropout=hparams["lora_dropout"],
+            targets=hparams["lora_targets"],
+            parts=hparams["lora_parts"],
+            layers=hparams["lora_layers"],
+        )
+        experts.set_trainable(
+            experts=range(len(languages), len(languages) + len(extra))
+        )
+    else:
+        experts = attach_pool(
+            hparams["whisper"],
+            hparams["expert_pool"],
+            languages,
+            extra_experts=extra,
+        )
+    hparams["checkpointer"].add_recoverable("experts", experts)
+    return experts
+
 
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
@@ -40,8 +822,15 @@ if __name__ == "__main__":
         overrides=overrides,
     )
 
-    run_on_main(prepare_data, kwargs={"hparams": hparams})
-    datasets = prepare_data(hparams, build=True)
+    prepare_data(hparams)
+    datasets = dataio_prepare(hparams)
+    if hparams["system"] in ("fuse", "distill"):
+        hparams["experts"] = attach_experts(hparams)
+    # A run killed while saving leaves a checkpoint that looks complete;
+    # set it aside so recovery resumes from the previous one.
+    run_on_main(
+        quarantine_incomplete_checkpoints, args=[hparams["checkpointer"]]
+    )
 
     brain = BRAINS[hparams["system"]](
         modules=hparams["modules"],

@@ -1,0 +1,100 @@
+"""Shared + expert end to end: residual experts on a multilingual LoRA.
+
+The multilingual-LoRA recipe writes the shared adapter; ``expert.yaml``
+with ``--shared_adapter`` trains a residual expert on Whisper with that
+adapter merged; the exported model folder carries the shared adapter and
+the pretrained interface merges it again.
+"""
+
+import json
+import os
+
+import pytest
+import torch
+
+from speechbrain_lora_experts.peft_io import read_adapter
+from speechbrain_lora_experts.recipe_runner import run_recipe
+from speechbrain_lora_experts.shared_adapter import adapter_delta
+
+LAYER = "decoder.layers.0.fc1"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_whisper_dir):
+    from speechbrain_lora_experts.data.demo import build_demo_corpus
+
+    root = tmp_path_factory.mktemp("shared_expert")
+    build_demo_corpus(
+        root / "corpus",
+        ("de", "es"),
+        per_split=(4, 2, 2),
+        seed=5,
+        formats=("common_voice",),
+        speakers=2,
+        progress=False,
+    )
+    common = dict(
+        data_folder=str(root / "corpus" / "common_voice"),
+        whisper_hub=tiny_whisper_dir,
+        whisper_save_folder=str(root / "hub"),
+        number_of_epochs=1,
+        batch_size=2,
+        encoder_window_s=10.0,
+        valid_search_interval=0,
+    )
+    shared_run = root / "multilingual"
+    run_recipe(
+        "multilingual_lora.yaml",
+        dict(common, languages=["de", "es"], output_folder=str(shared_run)),
+    )
+    shared = shared_run / "model" / "experts" / "multilingual"
+    expert_run = root / "expert_de"
+    run_recipe(
+        "expert.yaml",
+        dict(
+            common,
+            language="de",
+            shared_adapter=str(shared),
+            expert_pool=str(root / "pool"),
+            output_folder=str(expert_run),
+        ),
+    )
+    return {"shared": shared, "expert": expert_run, "pool": root / "pool"}
+
+
+def test_residual_expert_records_and_ships_its_shared_adapter(runs):
+    meta = json.loads((runs["pool"] / "de" / "lora_experts.json").read_text())
+    assert meta["shared_adapter"] == str(runs["shared"])
+    model = runs["expert"] / "model"
+    info = json.loads((model / "model.json").read_text())
+    assert info["shared_adapter"] == "shared_adapter"
+    shipped = read_adapter(model / "shared_adapter")
+    original = read_adapter(runs["shared"])
+    for name in original.layer_names:
+        for ours, theirs in zip(shipped.weights[name], original.weights[name]):
+            assert torch.equal(ours, theirs)
+
+
+def test_interface_merges_the_shared_adapter(runs, tiny_whisper_dir):
+    from transformers import WhisperModel
+
+    from speechbrain_lora_experts.inference import LoRAExpertsASR
+
+    asr = LoRAExpertsASR.from_hparams(source=str(runs["expert"] / "model"))
+    base = WhisperModel.from_pretrained(tiny_whisper_dir)
+    delta = adapter_delta(read_adapter(runs["shared"]), LAYER)
+    expected = dict(base.named_modules())[LAYER].weight + delta
+    layer = dict(asr.mods.whisper.model.named_modules())[LAYER]
+    loaded = getattr(layer, "base", layer).weight
+    assert torch.allclose(loaded, expected, atol=1e-6)
+    assert delta.abs().max() > 0  # the shared LoRA trained: it matters
+    words, tokens = asr.transcribe_batch(torch.zeros(1, 16000))
+    assert len(words) == len(tokens) == 1
+
+
+def test_shared_adapter_left_out_of_plain_models(runs):
+    model = runs["shared"].parent.parent
+    info = json.loads((model / "model.json").read_text())
+    assert "shared_adapter" not in info
+    assert not os.path.exists(model / "shared_adapter")
+    assert "shared_adapter: false" in (model / "hyperparams.yaml").read_text()
