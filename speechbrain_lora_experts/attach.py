@@ -48,22 +48,10 @@ def whisper_model(model):
 
     Example
     -------
-    >>> from transformers import WhisperConfig, WhisperModel
-    >>> config = WhisperConfig(
-    ...     d_model=8,
-    ...     encoder_layers=1,
-    ...     decoder_layers=1,
-    ...     encoder_attention_heads=2,
-    ...     decoder_attention_heads=2,
-    ...     encoder_ffn_dim=8,
-    ...     decoder_ffn_dim=8,
-    ...     vocab_size=64,
-    ...     pad_token_id=0,
-    ...     bos_token_id=0,
-    ...     eos_token_id=0,
-    ...     decoder_start_token_id=1,
+    >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+    ...     tiny_whisper_model,
     ... )
-    >>> model = WhisperModel(config)
+    >>> model = tiny_whisper_model()
     >>> whisper_model(model) is model
     True
     """
@@ -140,6 +128,26 @@ def select_targets(
     Returns
     -------
     list of str
+        Names of the matching ``nn.Linear`` layers, in module order.
+
+    Example
+    -------
+    >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+    ...     tiny_whisper_model,
+    ... )
+    >>> model = tiny_whisper_model(encoder_layers=2)
+    >>> select_targets(model, ["q_proj"], parts="encoder", layers="1")
+    ['encoder.layers.1.self_attn.q_proj']
+    >>> select_targets(
+    ...     model,
+    ...     ["encoder_attn.q_proj", "encoder.fc1"],
+    ...     layers={"encoder": "0", "decoder": None},
+    ... )
+    ['encoder.layers.0.fc1', 'decoder.layers.0.encoder_attn.q_proj']
+    >>> select_targets(model, ["query"])
+    Traceback (most recent call last):
+    ...
+    ValueError: no Whisper layer matches targets=['query'], ...
     """
     parts = [parts] if isinstance(parts, str) else list(parts)
     for part in parts:
@@ -198,23 +206,10 @@ class WhisperLoRAExperts(nn.Module):
 
     Example
     -------
-    >>> from transformers import WhisperConfig, WhisperModel
-    >>> hf = WhisperModel(
-    ...     WhisperConfig(
-    ...         d_model=16,
-    ...         encoder_layers=1,
-    ...         decoder_layers=1,
-    ...         encoder_attention_heads=2,
-    ...         decoder_attention_heads=2,
-    ...         encoder_ffn_dim=32,
-    ...         decoder_ffn_dim=32,
-    ...         vocab_size=100,
-    ...         pad_token_id=0,
-    ...         bos_token_id=0,
-    ...         eos_token_id=0,
-    ...         decoder_start_token_id=1,
-    ...     )
+    >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+    ...     tiny_whisper_model,
     ... )
+    >>> hf = tiny_whisper_model(d_model=16, ffn_dim=32, vocab_size=100)
     >>> experts = WhisperLoRAExperts(
     ...     hf,
     ...     expert_names=["de", "es"],
@@ -271,6 +266,13 @@ class WhisperLoRAExperts(nn.Module):
         adapters = {}
         if layer_names is None:
             layer_names = select_targets(model, targets, parts, layers)
+        else:
+            # Module order whatever order the names come in (adapter files
+            # list them sorted): one layout, parameter order and export
+            # form for a pool attached by targets or rebuilt from files.
+            given = set(layer_names)
+            order = [n for n, _ in model.named_modules() if n in given]
+            layer_names = order + [n for n in layer_names if n not in order]
         for name in layer_names:
             try:
                 parent, attr = _parent(model, name)
@@ -377,23 +379,10 @@ class WhisperLoRAExperts(nn.Module):
 
         Example
         -------
-        >>> from transformers import WhisperConfig, WhisperModel
-        >>> hf = WhisperModel(
-        ...     WhisperConfig(
-        ...         d_model=16,
-        ...         encoder_layers=1,
-        ...         decoder_layers=1,
-        ...         encoder_attention_heads=2,
-        ...         decoder_attention_heads=2,
-        ...         encoder_ffn_dim=32,
-        ...         decoder_ffn_dim=32,
-        ...         vocab_size=100,
-        ...         pad_token_id=0,
-        ...         bos_token_id=0,
-        ...         eos_token_id=0,
-        ...         decoder_start_token_id=1,
-        ...     )
+        >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+        ...     tiny_whisper_model,
         ... )
+        >>> hf = tiny_whisper_model(d_model=16, ffn_dim=32, vocab_size=100)
         >>> experts = WhisperLoRAExperts(hf, expert_names=["de", "es"])
         >>> with experts.scope(route=["es", "de"]):
         ...     experts.routing.index.tolist()

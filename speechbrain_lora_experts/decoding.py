@@ -88,6 +88,27 @@ def prompt_tokens(whisper, languages, device=None):
     ------
     ValueError
         If the tokenizer has no token for a language.
+
+    Example
+    -------
+    >>> import shutil, tempfile
+    >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+    ...     make_tiny_whisper,
+    ... )
+    >>> from speechbrain_lora_experts.whisper import Whisper
+    >>> tmp = tempfile.mkdtemp()
+    >>> hub = make_tiny_whisper(tmp + "/hub", d_model=8, layers=1, ffn_dim=8)
+    >>> whisper = Whisper(hub, tmp + "/save", encoder_window_s=0.1)
+    >>> prompts = prompt_tokens(whisper, ["de", "Spanish"])
+    >>> prompts.shape
+    torch.Size([2, 4])
+    >>> whisper.tokenizer.convert_ids_to_tokens(prompts[1].tolist())
+    ['<|startoftranscript|>', '<|es|>', '<|transcribe|>', '<|notimestamps|>']
+    >>> prompt_tokens(whisper, ["yue"])  # a v3 language: v1/v2 lack it
+    Traceback (most recent call last):
+    ...
+    ValueError: Language 'yue' has no token <|yue|> in this Whisper ...
+    >>> shutil.rmtree(tmp)
     """
     lang_ids = [_language_id(whisper, code) for code in languages]
     prompts = torch.tensor(
@@ -112,6 +133,21 @@ def language_codes(whisper):
     -------
     list of str
         The codes, in the tokenizer's order.
+
+    Example
+    -------
+    >>> import shutil, tempfile
+    >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+    ...     make_tiny_whisper,
+    ... )
+    >>> from speechbrain_lora_experts.whisper import Whisper
+    >>> tmp = tempfile.mkdtemp()
+    >>> hub = make_tiny_whisper(tmp + "/hub", d_model=8, layers=1, ffn_dim=8)
+    >>> whisper = Whisper(hub, tmp + "/save", encoder_window_s=0.1)
+    >>> codes = language_codes(whisper)
+    >>> len(codes), codes[:3], "yue" in codes  # v1/v2: 99 languages
+    (99, ['en', 'zh', 'de'], False)
+    >>> shutil.rmtree(tmp)
     """
     return [
         code
@@ -141,6 +177,27 @@ def detect_language(whisper, enc_states, candidates=None):
         Most probable candidate per utterance.
     probs : torch.Tensor
         ``[B, len(candidates)]``, softmax over the candidates only.
+
+    Example
+    -------
+    >>> import shutil, tempfile
+    >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+    ...     make_tiny_whisper,
+    ... )
+    >>> from speechbrain_lora_experts.whisper import Whisper
+    >>> tmp = tempfile.mkdtemp()
+    >>> hub = make_tiny_whisper(tmp + "/hub", d_model=8, layers=1, ffn_dim=8)
+    >>> whisper = Whisper(hub, tmp + "/save", encoder_window_s=0.1)
+    >>> _ = torch.manual_seed(0)
+    >>> enc = whisper.forward_encoder(whisper._get_mel(torch.randn(2, 1600)))
+    >>> codes, probs = detect_language(whisper, enc, ["de", "es", "it"])
+    >>> probs.shape, bool(probs.sum(dim=-1).allclose(torch.ones(2)))
+    (torch.Size([2, 3]), True)
+    >>> codes == [["de", "es", "it"][i] for i in probs.argmax(-1).tolist()]
+    True
+    >>> detect_language(whisper, enc[:1], ["de"])  # one candidate: certain
+    (['de'], tensor([[1.]]))
+    >>> shutil.rmtree(tmp)
     """
     if candidates is None:
         candidates = language_codes(whisper)
@@ -210,6 +267,25 @@ def decode_text(whisper, token_lists):
     Returns
     -------
     list of str
+        One text per token list.
+
+    Example
+    -------
+    >>> import shutil, tempfile
+    >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+    ...     make_tiny_whisper,
+    ... )
+    >>> from speechbrain_lora_experts.whisper import Whisper
+    >>> tmp = tempfile.mkdtemp()
+    >>> hub = make_tiny_whisper(tmp + "/hub", d_model=8, layers=1, ffn_dim=8)
+    >>> whisper = Whisper(hub, tmp + "/save", encoder_window_s=0.1)
+    >>> hallo = whisper.tokenizer.encode(
+    ...     " Hallo Welt", add_special_tokens=False
+    ... )
+    >>> prompt = prompt_tokens(whisper, ["de"])[0].tolist()
+    >>> decode_text(whisper, [hallo, prompt + hallo + [whisper.eos]])
+    ['Hallo Welt', 'Hallo Welt']
+    >>> shutil.rmtree(tmp)
     """
     texts = whisper.tokenizer.batch_decode(
         [list(tokens) for tokens in token_lists], skip_special_tokens=True
@@ -304,6 +380,28 @@ def greedy_decode(whisper, enc_states, prompts, max_new_tokens):
     -------
     list of list of int
         Generated text tokens per utterance (no prompt, no eot).
+
+    Example
+    -------
+    >>> import shutil, tempfile
+    >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+    ...     make_tiny_whisper,
+    ... )
+    >>> from speechbrain_lora_experts.whisper import Whisper
+    >>> tmp = tempfile.mkdtemp()
+    >>> hub = make_tiny_whisper(tmp + "/hub", d_model=8, layers=1, ffn_dim=8)
+    >>> whisper = Whisper(hub, tmp + "/save", encoder_window_s=0.1)
+    >>> _ = torch.manual_seed(0)
+    >>> enc = whisper.forward_encoder(whisper._get_mel(torch.randn(2, 1600)))
+    >>> prompts = prompt_tokens(whisper, ["de", "es"])
+    >>> tokens = greedy_decode(whisper, enc, prompts, torch.tensor([3, 1]))
+    >>> [len(t) for t in tokens]  # per-utterance bounds
+    [3, 1]
+    >>> max(max(t) for t in tokens) < whisper.eos  # text tokens only
+    True
+    >>> greedy_decode(whisper, enc[:1], prompts[:1], 3) == tokens[:1]
+    True
+    >>> shutil.rmtree(tmp)
     """
     batch, prompt_len = prompts.shape
     device = enc_states.device
@@ -364,6 +462,29 @@ def beam_decode(whisper, enc_states, prompts, beam_size, max_new_tokens):
     -------
     list of list of int
         Best hypothesis per utterance (no prompt, no eot).
+
+    Example
+    -------
+    >>> import shutil, tempfile
+    >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+    ...     make_tiny_whisper,
+    ... )
+    >>> from speechbrain_lora_experts.whisper import Whisper
+    >>> tmp = tempfile.mkdtemp()
+    >>> hub = make_tiny_whisper(tmp + "/hub", d_model=8, layers=1, ffn_dim=8)
+    >>> whisper = Whisper(hub, tmp + "/save", encoder_window_s=0.1)
+    >>> _ = torch.manual_seed(0)
+    >>> enc = whisper.forward_encoder(whisper._get_mel(torch.randn(2, 1600)))
+    >>> prompts = prompt_tokens(whisper, ["de", "es"])
+    >>> greedy = greedy_decode(whisper, enc, prompts, 4)
+    >>> beam_decode(whisper, enc, prompts, 1, 4) == greedy  # k=1: greedy
+    True
+    >>> tokens = beam_decode(whisper, enc, prompts, 3, torch.tensor([4, 2]))
+    >>> [len(t) <= n for t, n in zip(tokens, [4, 2])]
+    [True, True]
+    >>> beam_decode(whisper, enc[1:], prompts[1:], 3, 2) == tokens[1:]
+    True
+    >>> shutil.rmtree(tmp)
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")

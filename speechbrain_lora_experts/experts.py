@@ -416,6 +416,31 @@ def _inflate(tensor, batch):
     return tensor.repeat_interleave(batch // tensor.shape[0], dim=0)
 
 
+def lora_scaling(alpha, rank, use_rslora=False):
+    """PEFT's LoRA multiplier of ``B @ A``.
+
+    Arguments
+    ---------
+    alpha : float
+        LoRA alpha.
+    rank : int
+        LoRA rank.
+    use_rslora : bool
+        Rank-stabilised scaling (``alpha / sqrt(rank)``).
+
+    Returns
+    -------
+    float
+        ``alpha / rank``, or ``alpha / sqrt(rank)`` with rsLoRA.
+
+    Example
+    -------
+    >>> lora_scaling(32, 16), lora_scaling(32, 16, use_rslora=True)
+    (2.0, 8.0)
+    """
+    return alpha / (math.sqrt(rank) if use_rslora else rank)
+
+
 class LoRAExpert(nn.Module):
     """One low-rank update ``scaling * B @ A`` of a linear layer.
 
@@ -461,8 +486,7 @@ class LoRAExpert(nn.Module):
         float
             ``alpha / rank`` (``alpha / sqrt(rank)`` with rsLoRA).
         """
-        root = math.sqrt(self.rank) if self.use_rslora else self.rank
-        return self.alpha / root
+        return lora_scaling(self.alpha, self.rank, self.use_rslora)
 
     def delta_weight(self):
         """The dense update ``[out, in]`` this expert adds to the weight.

@@ -462,6 +462,36 @@ def hyperparams_values(info):
     -------
     dict
         Template key -> YAML text of the value.
+
+    Example
+    -------
+    >>> info = {
+    ...     "system": "expert",
+    ...     "languages": ["de", "es"],
+    ...     "language_aware": True,
+    ...     "whisper_hub": "openai/whisper-small",
+    ...     "encoder_window_s": 30.0,
+    ...     "experts": ["de", "es"],
+    ...     "lora": {
+    ...         "rank": 8,
+    ...         "alpha": 16,
+    ...         "use_rslora": False,
+    ...         "targets": ["q_proj", "v_proj"],
+    ...         "parts": ["decoder"],
+    ...         "layers": None,
+    ...         "layer_names": None,
+    ...     },
+    ... }
+    >>> values = hyperparams_values(info)
+    >>> values["languages"], values["lora_targets"], values["lora_layers"]
+    ('["de", "es"]', '["q_proj", "v_proj"]', 'null')
+    >>> values["beam_size"], values["shared_adapter"]  # defaults
+    ('1', 'false')
+    >>> del info["lora"]  # a model.json written by an older version
+    >>> hyperparams_values(info)
+    Traceback (most recent call last):
+    ...
+    ValueError: model.json has no 'lora' entry (exported by an older ...
     """
     values = {
         "system": info["system"],
@@ -558,6 +588,40 @@ def write_hyperparams(folder, info=None):
     -------
     str
         Path of the yaml.
+
+    Example
+    -------
+    >>> import shutil, tempfile
+    >>> info = {
+    ...     "system": "expert",
+    ...     "languages": ["de", "es"],
+    ...     "language_aware": True,
+    ...     "whisper_hub": "openai/whisper-small",
+    ...     "encoder_window_s": 30.0,
+    ...     "experts": ["de", "es"],
+    ...     "lora": {
+    ...         "rank": 8,
+    ...         "alpha": 16,
+    ...         "use_rslora": False,
+    ...         "targets": ["q_proj", "v_proj"],
+    ...         "parts": ["decoder"],
+    ...         "layers": None,
+    ...         "layer_names": None,
+    ...     },
+    ... }
+    >>> folder = tempfile.mkdtemp()
+    >>> path = write_hyperparams(folder, info)
+    >>> sorted(os.listdir(folder))
+    ['custom_interface.py', 'hyperparams.yaml']
+    >>> with open(path, encoding="utf-8") as f:
+    ...     lines = f.read().splitlines()
+    >>> [line for line in lines if line.startswith(("languages:", "lora_r"))]
+    ['languages: ["de", "es"]', 'lora_rank: 8']
+    >>> with open(os.path.join(folder, MODEL_INFO), "w") as f:
+    ...     json.dump(info, f)
+    >>> write_hyperparams(folder) == path  # info read from model.json
+    True
+    >>> shutil.rmtree(folder)
     """
     if info is None:
         info = _upgrade_info(folder)
@@ -655,6 +719,39 @@ def export_run(brain):
     -------
     str
         The model folder.
+
+    Example
+    -------
+    >>> import shutil, tempfile
+    >>> from types import SimpleNamespace
+    >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+    ...     tiny_whisper_model,
+    ... )
+    >>> from speechbrain_lora_experts.attach import WhisperLoRAExperts
+    >>> whisper = tiny_whisper_model()
+    >>> tmp = tempfile.mkdtemp()
+    >>> hparams = SimpleNamespace(  # what an expert run's yaml provides
+    ...     system="expert",
+    ...     languages=["de"],
+    ...     whisper=whisper,
+    ...     experts=WhisperLoRAExperts(whisper, expert_names=["de"], rank=2),
+    ...     whisper_hub="openai/whisper-tiny",
+    ...     expert_pool=os.path.join(tmp, "pool"),
+    ...     output_folder=os.path.join(tmp, "run"),
+    ...     language_aware=True,
+    ...     encoder_window_s=30.0,
+    ...     epoch_counter=SimpleNamespace(current=2),
+    ... )
+    >>> folder = export_run(SimpleNamespace(hparams=hparams))
+    >>> folder == os.path.join(tmp, "run", "model")
+    True
+    >>> sorted(os.listdir(os.path.join(tmp, "pool", "de")))
+    ['adapter_config.json', 'adapter_model.safetensors', 'lora_experts.json']
+    >>> with open(os.path.join(folder, MODEL_INFO), encoding="utf-8") as f:
+    ...     info = json.load(f)
+    >>> info["system"], info["experts"], info["lora"]["rank"]
+    ('expert', ['de'], 2)
+    >>> shutil.rmtree(tmp)
     """
     hparams = brain.hparams
     system = hparams.system

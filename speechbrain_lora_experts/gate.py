@@ -380,6 +380,36 @@ class GateTap:
         The frozen expert pool.
     gate : UtteranceGate
         The gate.
+
+    Example
+    -------
+    >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+    ...     tiny_whisper_model,
+    ... )
+    >>> from speechbrain_lora_experts.attach import WhisperLoRAExperts
+    >>> model = tiny_whisper_model(
+    ...     encoder_layers=2, num_mel_bins=8, max_source_positions=4
+    ... )
+    >>> experts = WhisperLoRAExperts(
+    ...     model, expert_names=["de", "es", "it"], rank=2, layers="1"
+    ... )
+    >>> gate = UtteranceGate(
+    ...     8, 3, hidden_size=4, top_k=1, features="base_encoder"
+    ... )
+    >>> tap = GateTap(model, experts, gate)
+    >>> tap.layer  # hooked before encoder layer 1, the first adapted one
+    1
+    >>> tap.prepare(valid_fraction=torch.tensor([1.0, 0.5]))
+    >>> _ = model.encoder(torch.randn(2, 8, 8))  # mel [B, n_mels, frames]
+    >>> tap.weights.shape, (tap.weights > 0).sum(dim=1).tolist()  # top-1
+    (torch.Size([2, 3]), [1, 1])
+    >>> experts.routing.mode  # set before the adapted layer 1 ran
+    'mix'
+    >>> model.encoder(torch.randn(2, 8, 8))  # no prepare(): refused
+    Traceback (most recent call last):
+    ...
+    RuntimeError: call GateTap.prepare() before each forward of the encoder
+    >>> tap.remove()
     """
 
     def __init__(self, whisper, experts, gate):

@@ -160,6 +160,19 @@ class LoRAExpertsSegment(ASRWhisperSegment):
         Utterance-gate fusion: ``{language: weight}`` for this chunk.
     detected : bool
         Whether ``lang_id`` was named by the model (not given).
+
+    Example
+    -------
+    >>> segment = LoRAExpertsSegment(0.0, 2.5, torch.zeros(1, 40000))
+    >>> isinstance(segment, ASRWhisperSegment)  # what transcribe_file gives
+    True
+    >>> segment.lang_id, segment.words, segment.gate_weights, segment.detected
+    (None, None, None, False)
+    >>> segment = LoRAExpertsSegment(
+    ...     0.0, 2.5, None, lang_id="de", gate_weights={"de": 0.9, "es": 0.1}
+    ... )
+    >>> max(segment.gate_weights, key=segment.gate_weights.get)
+    'de'
     """
 
     gate_weights: Optional[dict] = None
@@ -382,24 +395,11 @@ def add_token_gates(experts, temperature=1.0):
 
     Example
     -------
-    >>> from transformers import WhisperConfig, WhisperModel
-    >>> from speechbrain_lora_experts.attach import WhisperLoRAExperts
-    >>> hf = WhisperModel(
-    ...     WhisperConfig(
-    ...         d_model=16,
-    ...         encoder_layers=1,
-    ...         decoder_layers=1,
-    ...         encoder_attention_heads=2,
-    ...         decoder_attention_heads=2,
-    ...         encoder_ffn_dim=32,
-    ...         decoder_ffn_dim=32,
-    ...         vocab_size=100,
-    ...         pad_token_id=0,
-    ...         bos_token_id=0,
-    ...         eos_token_id=0,
-    ...         decoder_start_token_id=1,
-    ...     )
+    >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+    ...     tiny_whisper_model,
     ... )
+    >>> from speechbrain_lora_experts.attach import WhisperLoRAExperts
+    >>> hf = tiny_whisper_model(d_model=16, ffn_dim=32, vocab_size=100)
     >>> experts = WhisperLoRAExperts(hf, n_experts=2, targets=["fc1"])
     >>> len(add_token_gates(experts))
     2

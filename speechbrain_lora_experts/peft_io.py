@@ -90,6 +90,24 @@ class Adapter:
         LoRA dropout it was trained with.
     metadata : dict
         Contents of ``lora_experts.json`` (empty for foreign adapters).
+
+    Example
+    -------
+    >>> layers = ["decoder.layers.10.fc1", "decoder.layers.2.fc1"]
+    >>> adapter = Adapter(
+    ...     "experts/de",
+    ...     weights={
+    ...         layers[0]: (torch.zeros(4, 8), torch.zeros(8, 4)),
+    ...         layers[1]: (torch.zeros(2, 8), torch.zeros(8, 2)),
+    ...     },
+    ...     ranks={layers[0]: 4, layers[1]: 2},
+    ...     alphas={layers[0]: 8, layers[1]: 4},
+    ...     metadata={"language": "de"},
+    ... )
+    >>> adapter.layer_names  # numeric layer order
+    ['decoder.layers.2.fc1', 'decoder.layers.10.fc1']
+    >>> adapter.rank, adapter.language
+    (4, 'de')
     """
 
     folder: str
@@ -180,6 +198,23 @@ def base_weights_digest(model):
     -------
     str
         Hex digest.
+
+    Example
+    -------
+    >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+    ...     tiny_whisper_model,
+    ... )
+    >>> def tiny(seed=0):
+    ...     return tiny_whisper_model(seed=seed)
+    >>> model = tiny(seed=0)
+    >>> digest = base_weights_digest(model)
+    >>> len(digest), digest == base_weights_digest(tiny(seed=0))
+    (16, True)
+    >>> digest == base_weights_digest(tiny(seed=1))  # other weights
+    False
+    >>> experts = WhisperLoRAExperts(model, expert_names=["de"], rank=2)
+    >>> base_weights_digest(experts.model) == digest  # experts leave it be
+    True
     """
     params = dict(whisper_model(model).named_parameters())
     digest = hashlib.sha256()
@@ -252,6 +287,41 @@ def save_expert(
     -------
     str
         The folder.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+    ...     tiny_whisper_model,
+    ... )
+    >>> def tiny(seed=0):
+    ...     return tiny_whisper_model(seed=seed)
+    >>> experts = WhisperLoRAExperts(
+    ...     tiny(), expert_names=["de", "es"], rank=2, targets=["q_proj"]
+    ... )
+    >>> tmp = tempfile.mkdtemp()
+    >>> folder = save_expert(
+    ...     experts,
+    ...     "es",
+    ...     os.path.join(tmp, "es"),
+    ...     "openai/whisper-tiny",
+    ...     language="es",
+    ...     metadata={"epochs": 3},
+    ... )
+    >>> sorted(os.listdir(folder))
+    ['adapter_config.json', 'adapter_model.safetensors', 'lora_experts.json']
+    >>> with open(os.path.join(folder, CONFIG_NAME)) as f:
+    ...     config = json.load(f)
+    >>> config["r"], config["base_model_name_or_path"]
+    (2, 'openai/whisper-tiny')
+    >>> len(config["target_modules"])  # the q_proj of 3 attention blocks
+    3
+    >>> with open(os.path.join(folder, META_NAME)) as f:
+    ...     meta = json.load(f)
+    >>> meta["language"], meta["expert_name"], meta["epochs"]
+    ('es', 'es', 3)
+    >>> import shutil
+    >>> shutil.rmtree(tmp)
     """
     from peft import LoraConfig
     from safetensors.torch import save_file
@@ -306,6 +376,40 @@ def read_adapter(folder):
     Returns
     -------
     Adapter
+        Its weights, ranks, alphas and metadata.
+
+    Raises
+    ------
+    AdapterError
+        Not a PEFT LoRA folder, a pickled ``.bin`` adapter, unsupported
+        LoRA options or inconsistent shapes.
+
+    Example
+    -------
+    >>> import shutil, tempfile
+    >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+    ...     tiny_whisper_model,
+    ... )
+    >>> def tiny(seed=0):
+    ...     return tiny_whisper_model(seed=seed)
+    >>> experts = WhisperLoRAExperts(
+    ...     tiny(), expert_names=["de"], rank=2, targets=["fc1"]
+    ... )
+    >>> tmp = tempfile.mkdtemp()
+    >>> _ = save_expert(experts, "de", os.path.join(tmp, "de"), language="de")
+    >>> adapter = read_adapter(os.path.join(tmp, "de"))
+    >>> adapter.layer_names
+    ['decoder.layers.0.fc1', 'encoder.layers.0.fc1']
+    >>> adapter.rank, adapter.alphas["decoder.layers.0.fc1"], adapter.language
+    (2, 32, 'de')
+    >>> lora_a, lora_b = adapter.weights["decoder.layers.0.fc1"]
+    >>> lora_a.shape, lora_b.shape
+    (torch.Size([2, 8]), torch.Size([8, 2]))
+    >>> read_adapter(tmp)
+    Traceback (most recent call last):
+    ...
+    speechbrain_lora_experts.peft_io.AdapterError: .../adapter_config.json ...
+    >>> shutil.rmtree(tmp)
     """
     from safetensors.torch import load_file
 
@@ -384,6 +488,33 @@ def load_expert(experts, expert, adapter, strict=True):
     Returns
     -------
     Adapter
+        The adapter that was loaded.
+
+    Example
+    -------
+    >>> import shutil, tempfile
+    >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+    ...     tiny_whisper_model,
+    ... )
+    >>> def tiny(seed=0):
+    ...     return tiny_whisper_model(seed=seed)
+    >>> trained = WhisperLoRAExperts(
+    ...     tiny(), expert_names=["de"], rank=2, targets=["q_proj"]
+    ... )
+    >>> _ = [torch.nn.init.ones_(p) for p in trained.expert_parameters(0)]
+    >>> tmp = tempfile.mkdtemp()
+    >>> folder = save_expert(trained, "de", tmp)
+    >>> pool = WhisperLoRAExperts(
+    ...     tiny(), expert_names=["es", "de"], rank=2, targets=["q_proj"]
+    ... )
+    >>> load_expert(pool, "de", folder).rank
+    2
+    >>> loaded = pool.expert_parameters("de")
+    >>> all(bool((p == 1).all()) for p in loaded)
+    True
+    >>> bool(pool.expert_parameters("es")[1].any())  # other slots untouched
+    False
+    >>> shutil.rmtree(tmp)
     """
     if not isinstance(adapter, Adapter):
         adapter = read_adapter(adapter)
@@ -425,6 +556,37 @@ def check_compatible(experts, adapter, strict=True):
         The adapter read from disk.
     strict : bool
         Refuse other base weights (else warn).
+
+    Raises
+    ------
+    AdapterError
+        Listing every mismatch.
+
+    Example
+    -------
+    >>> import shutil, tempfile
+    >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+    ...     tiny_whisper_model,
+    ... )
+    >>> def tiny(seed=0):
+    ...     return tiny_whisper_model(seed=seed)
+    >>> experts = WhisperLoRAExperts(
+    ...     tiny(seed=0), expert_names=["de"], rank=2, targets=["q_proj"]
+    ... )
+    >>> tmp = tempfile.mkdtemp()
+    >>> adapter = read_adapter(save_expert(experts, "de", tmp))
+    >>> check_compatible(experts, adapter)  # its own pool: no error
+    >>> other = WhisperLoRAExperts(
+    ...     tiny(seed=1), expert_names=["de"], rank=4, targets=["q_proj"]
+    ... )
+    >>> try:
+    ...     check_compatible(other, adapter)
+    ... except AdapterError as err:
+    ...     print(*str(err).splitlines()[1:], sep="\\n")
+      - was trained on other base weights than this Whisper (same ...
+      - has rank 2 but the pool expects lora_rank=4
+    >>> check_compatible(other, adapter, strict=False)  # a warning only
+    >>> shutil.rmtree(tmp)
     """
     problems = []
     recorded = adapter.metadata.get("base_fingerprint")
@@ -515,6 +677,31 @@ def attach_from_adapters(
     -------
     WhisperLoRAExperts
         Loaded experts are frozen; extra experts are trainable.
+
+    Example
+    -------
+    >>> import shutil, tempfile
+    >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+    ...     tiny_whisper_model,
+    ... )
+    >>> def tiny(seed=0):
+    ...     return tiny_whisper_model(seed=seed)
+    >>> trained = WhisperLoRAExperts(
+    ...     tiny(), expert_names=["de", "es"], rank=2, targets=["fc1"]
+    ... )
+    >>> tmp = tempfile.mkdtemp()
+    >>> folders = [
+    ...     save_expert(trained, lang, os.path.join(tmp, lang), language=lang)
+    ...     for lang in ("de", "es")
+    ... ]
+    >>> pool = attach_from_adapters(tiny(), folders, extra_experts=["student"])
+    >>> pool.expert_names, pool.config["rank"]
+    (['de', 'es', 'student'], 2)
+    >>> sorted(pool.layers)  # the adapters' layers
+    ['decoder.layers.0.fc1', 'encoder.layers.0.fc1']
+    >>> [pool.expert_parameters(n)[0].requires_grad for n in pool.expert_names]
+    [False, False, True]
+    >>> shutil.rmtree(tmp)
     """
     adapters = [
         a if isinstance(a, Adapter) else read_adapter(a) for a in adapters
@@ -676,6 +863,41 @@ def attach_pool(whisper, expert_pool, languages, extra_experts=(), strict=True):
     Returns
     -------
     WhisperLoRAExperts
+        The pool, expert i loaded from ``<expert_pool>/<languages[i]>``.
+
+    Example
+    -------
+    >>> import shutil, tempfile
+    >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+    ...     tiny_whisper_model,
+    ... )
+    >>> def tiny(seed=0):
+    ...     return tiny_whisper_model(seed=seed)
+    >>> trained = WhisperLoRAExperts(
+    ...     tiny(), expert_names=["de", "es"], rank=2, targets=["fc1"]
+    ... )
+    >>> _ = [torch.nn.init.ones_(p) for p in trained.expert_parameters("es")]
+    >>> expert_pool = tempfile.mkdtemp()
+    >>> for lang in ("de", "es"):
+    ...     _ = save_expert(
+    ...         trained, lang, os.path.join(expert_pool, lang), language=lang
+    ...     )
+    >>> pool = attach_pool(tiny(), expert_pool, ["es", "de"])
+    >>> pool.expert_names
+    ['es', 'de']
+    >>> [
+    ...     all(bool((p == 1).all()) for p in pool.expert_parameters(lang))
+    ...     for lang in pool.expert_names
+    ... ]
+    [True, False]
+    >>> _ = shutil.copytree(
+    ...     os.path.join(expert_pool, "de"), os.path.join(expert_pool, "it")
+    ... )
+    >>> attach_pool(tiny(), expert_pool, ["it"])
+    Traceback (most recent call last):
+    ...
+    speechbrain_lora_experts.peft_io.AdapterError: ... for 'de', not 'it'
+    >>> shutil.rmtree(expert_pool)
     """
     adapters = [read_adapter(f) for f in pool_folders(expert_pool, languages)]
     for lang, adapter in zip(languages, adapters):

@@ -137,6 +137,22 @@ def main(argv=None):
     -------
     dict
         ``{system: metrics}`` of every system run.
+
+    Example
+    -------
+    The whole run takes minutes; a bad option stops it before anything
+    is written:
+
+    >>> import contextlib, io
+    >>> err = io.StringIO()
+    >>> with contextlib.redirect_stderr(err):
+    ...     try:
+    ...         main(["--out", "quickstart", "--epochs", "two"])
+    ...     except SystemExit as stop:
+    ...         print("exit status", stop.code)
+    exit status 2
+    >>> err.getvalue().splitlines()[-1]
+    "... error: argument --epochs: invalid int value: 'two'"
     """
     args = parse_args(argv)
     out = os.path.abspath(args.out)
@@ -272,6 +288,29 @@ def cli(argv=None):
     ---------
     argv : list of str, optional
         Arguments (see :func:`parse_args`).
+
+    Returns
+    -------
+    int
+        The exit status.
+
+    Example
+    -------
+    The statuses for a failed step and Ctrl-C (``main`` stands in for
+    the minutes-long run):
+
+    >>> import contextlib, io
+    >>> from unittest import mock
+    >>> failed = RecipeRunError(1, ["train.py"], "fuse.yaml", tail="OOM")
+    >>> run = "speechbrain_lora_experts.quickstart.main"
+    >>> for error in (failed, KeyboardInterrupt()):
+    ...     err = io.StringIO()
+    ...     with mock.patch(run, side_effect=error):
+    ...         with contextlib.redirect_stderr(err):
+    ...             status = cli([])
+    ...     print(status, err.getvalue().strip().splitlines()[0])
+    1 The fuse.yaml run failed (exit status 1). Its last lines:
+    130 Interrupted. Finished steps are kept: run the same command again ...
     """
     try:
         main(argv)

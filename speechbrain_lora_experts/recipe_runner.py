@@ -208,6 +208,40 @@ def run_recipe(hparams, overrides, log=None, device="cpu", precision=None):
     ------
     RecipeRunError
         The run failed; the message holds its last lines and log path.
+
+    Example
+    -------
+    >>> import shutil, tempfile
+    >>> from unittest import mock
+    >>> out = tempfile.mkdtemp()
+    >>> with open(os.path.join(out, "metrics.json"), "w") as f:
+    ...     _ = f.write("{}")
+    >>> print(run_recipe("expert.yaml", {"output_folder": out}))  # done
+    None
+
+    A failing run (a stand-in for ``train.py``, which takes minutes):
+
+    >>> os.remove(os.path.join(out, "metrics.json"))
+    >>> def failing_train(command, cwd, stdout, stderr):
+    ...     stdout.write("ValueError: no utterances for de\\n")
+    ...     stdout.flush()
+    ...     return subprocess.CompletedProcess(command, returncode=1)
+    >>> overrides = {"output_folder": out, "language": "de"}
+    >>> with open(os.path.join(out, "runs.log"), "w") as log:
+    ...     with mock.patch("subprocess.run", failing_train):
+    ...         try:
+    ...             run_recipe("expert.yaml", overrides, log=log)
+    ...         except RecipeRunError as err:
+    ...             print(err)
+    ...             command = err.cmd
+    The expert.yaml run failed (exit status 1). Its last lines:
+    ValueError: no utterances for de
+    Full output: .../runs.log
+    >>> command[1:3]  # run in the recipe folder
+    ['train.py', 'hparams/expert.yaml']
+    >>> command[4:]  # after --output_folder: the overrides, the device
+    ['--language=de', '--device=cpu', '--precision=fp32']
+    >>> shutil.rmtree(out)
     """
     out = overrides["output_folder"]
     if os.path.isfile(os.path.join(out, "metrics.json")):

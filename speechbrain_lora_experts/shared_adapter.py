@@ -22,6 +22,7 @@ import os
 import torch
 
 from speechbrain_lora_experts.attach import whisper_model
+from speechbrain_lora_experts.experts import lora_scaling
 from speechbrain_lora_experts.peft_io import AdapterError, read_adapter
 
 
@@ -50,9 +51,9 @@ def adapter_delta(adapter, name):
     4.0
     """
     lora_a, lora_b = adapter.weights[name]
-    rank = adapter.ranks[name]
-    root = rank**0.5 if adapter.use_rslora else rank
-    scaling = adapter.alphas[name] / root
+    scaling = lora_scaling(
+        adapter.alphas[name], adapter.ranks[name], adapter.use_rslora
+    )
     return scaling * (lora_b.float() @ lora_a.float())
 
 

@@ -33,6 +33,9 @@ def pytest_sessionstart(session):
     """The recipe rows' sample clips (SpeechBrain's paths), made once."""
     import importlib.util
 
+    if hasattr(session.config, "workerinput"):
+        return  # an xdist worker: the controller made them before it started
+
     path = os.path.join(os.path.dirname(__file__), "samples", "make_samples.py")
     spec = importlib.util.spec_from_file_location("make_samples", path)
     module = importlib.util.module_from_spec(spec)

@@ -211,3 +211,33 @@ def test_mismatches_give_clear_errors(tiny_whisper_dir, tmp_path):
     (tmp_path / "r4" / "adapter_config.json").write_text(json.dumps(cfg))
     with pytest.raises(AdapterError, match="use_dora"):
         read_adapter(tmp_path / "r4")
+
+
+def test_rebuilt_pool_keeps_module_order_and_short_export_form(
+    sb_whisper, tiny_whisper_dir, tmp_path
+):
+    """Adapter files list layers sorted (decoder before encoder); the
+    rebuilt pool still has the attached pool's layer and parameter order,
+    so its export names targets instead of every layer."""
+    from speechbrain_lora_experts.export import lora_info
+    from speechbrain_lora_experts.whisper import Whisper
+
+    experts = WhisperLoRAExperts(
+        sb_whisper, expert_names=["de"], rank=2, targets=["q_proj", "fc1"]
+    )
+    save_expert(experts, "de", tmp_path / "de", tiny_whisper_dir)
+    assert list(read_adapter(tmp_path / "de").layer_names) != list(
+        experts.layers
+    )  # the file's order differs: the case under test
+    other = Whisper(tiny_whisper_dir, str(tmp_path / "save2"))
+    pool = attach_from_adapters(other, [tmp_path / "de"])
+    assert list(pool.layers) == list(experts.layers)
+    assert [n for n, _ in pool.named_parameters()] == [
+        n for n, _ in experts.named_parameters()
+    ]
+    info = lora_info(pool)
+    assert info["targets"] == ["q_proj", "fc1"] or sorted(info["targets"]) == [
+        "fc1",
+        "q_proj",
+    ]
+    assert info["layer_names"] is None, info["layer_names"]

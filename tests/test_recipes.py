@@ -1,15 +1,11 @@
 """Every recipe yaml end to end with the tiny Whisper.
 
 Rows come from ``tests/recipes/CommonVoice.csv`` (SpeechBrain's recipe-test
-layout). Each row runs twice:
-
-* standalone, as SpeechBrain's recipe tests run it: its own flags on the
-  tiny samples in ``tests/samples`` (``--skip_prep=True``), then its
-  ``test_debug_checks`` (files, training-loss bound);
-* on a prepared demo corpus (Common Voice and FLEURS layout) with a real
-  pool: the row's flags without the standalone data and pool flags.
-  Expert rows run first: they fill the pool that fusion and distillation
-  load.
+layout). Each row runs here on a prepared demo corpus (Common Voice and
+FLEURS layout) with a real pool: the row's flags without the standalone
+data and pool flags. Expert rows run first: they fill the pool that fusion
+and distillation load. ``test_recipe_rows_standalone.py`` runs rows as
+SpeechBrain's recipe tests do.
 """
 
 import csv
@@ -20,41 +16,15 @@ import sys
 
 import pytest
 import torch
+from recipe_rows import (
+    ROOT,
+    STANDALONE_FLAGS,
+    checked_files,
+    recipe_rows,
+    row_id,
+)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPE_CSV = os.path.join(ROOT, "tests", "recipes", "CommonVoice.csv")
 LANGUAGES = ("de", "es")
-# Flags that point a row at the tiny samples and stand in for a pool; the
-# demo-corpus runs replace them with a prepared corpus and a trained pool.
-STANDALONE_FLAGS = {
-    "--data_folder",
-    "--train_csv",
-    "--valid_csv",
-    "--test_csv",
-    "--skip_prep",
-    "--expert_pool",
-    "--untrained_experts",
-    "--fleurs_folder",
-    "--fleurs_test_csv",
-}
-
-
-def recipe_rows():
-    with open(RECIPE_CSV, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-def row_id(row):
-    """A short test id: the hparams file and the row's system flags."""
-    name = os.path.basename(row["Hparam_file"]).replace(".yaml", "")
-    common = STANDALONE_FLAGS | {"--batch_size", "--lr", "--number_of_epochs"}
-    flags = [
-        flag
-        for flag in row["test_debug_flags"].split()
-        if flag.split("=")[0] not in common or flag == "--number_of_epochs=0"
-    ]
-    text = "".join(flags).replace("--", "_")
-    return name + "".join(c if c.isalnum() else "_" for c in text)
 
 
 @pytest.fixture(scope="module")
@@ -72,22 +42,6 @@ def recipe_env(tmp_path_factory, tiny_whisper_dir):
         progress=False,
     )
     return {"root": root, "whisper": tiny_whisper_dir}
-
-
-def checked_files(row):
-    """The ``file_exists=[...]`` list of a row's checks."""
-    checks = row["test_debug_checks"]
-    start = checks.index("file_exists=[") + len("file_exists=[")
-    return checks[start : checks.index("]", start)].split(",")
-
-
-def loss_bound(row):
-    """``(file, variable, threshold, epoch tag)`` of ``performance_check``."""
-    checks = row["test_debug_checks"]
-    start = checks.index("performance_check=[") + len("performance_check=[")
-    return [
-        x.strip() for x in checks[start : checks.index("]", start)].split(",")
-    ]
 
 
 def run_recipe(row, env, out, extra=()):
@@ -232,129 +186,3 @@ def test_pool_adapters_load_with_peft(recipe_env):
         model = PeftModel.from_pretrained(base, str(folder))
         lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
         assert lora_b and any(p.abs().sum() > 0 for p in lora_b)
-
-
-def standalone_rows():
-    """Rows whose standalone run exercises what the demo runs do not.
-
-    Every row takes ``--skip_prep=True`` CSVs; the expert row writes a pool
-    of its own; untrained experts (fusion, token gates, distillation) and
-    the FLEURS test CSV are standalone-only. The other rows differ from
-    these only in the system, which the demo-corpus runs cover (and
-    SpeechBrain's recipe tests run every row): this keeps the suite short.
-    """
-    keep = ("--language=de", "--gate_level=token", "distill", "--fusion=ties")
-    return [
-        row
-        for row in recipe_rows()
-        if any(k in row["test_debug_flags"] + row["Hparam_file"] for k in keep)
-    ]
-
-
-@pytest.mark.parametrize("row", standalone_rows(), ids=row_id)
-def test_recipe_row_runs_standalone(row, tiny_whisper_dir, tmp_path):
-    """The row as SpeechBrain's recipe tests run it, with its checks."""
-    out = tmp_path / "run"
-    flags = [
-        # the pool an expert row writes goes to the test's folder
-        f"--expert_pool={tmp_path / 'pool'}"
-        if flag.startswith("--expert_pool=")
-        else flag
-        for flag in row["test_debug_flags"].split()
-    ]
-    recipe = os.path.join(ROOT, os.path.dirname(row["Script_file"]))
-    result = subprocess.run(
-        [
-            sys.executable,
-            row["Script_file"],
-            row["Hparam_file"],
-            *flags,
-            "--device=cpu",
-            "--precision=fp32",
-            f"--whisper_hub={tiny_whisper_dir}",
-            f"--whisper_save_folder={tmp_path / 'hub_cache'}",
-            f"--output_folder={out}",
-        ],
-        cwd=ROOT,  # the flags' sample paths are relative to the project
-        capture_output=True,
-        text=True,
-        env={
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": recipe,
-        },
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    for name in checked_files(row):
-        assert (out / name).exists(), f"{name} missing in {out}"
-
-    # performance_check=[train_log.txt, train loss, <=X, epoch: N]: the
-    # value on the line of that epoch (-1: the last line), as SpeechBrain
-    # reads it.
-    log_name, variable, threshold, epoch = loss_bound(row)
-    lines = [
-        line
-        for line in (out / log_name).read_text().splitlines()
-        if line.strip()
-    ]
-    line = (
-        lines[-1]
-        if epoch == "epoch: -1"
-        else next(line for line in lines if epoch in line)
-    )
-    value = float(line.split(variable + ":")[1].split(",")[0].split(" - ")[0])
-    assert threshold.startswith("<=")
-    assert value <= float(threshold[2:]), (variable, value, threshold)
-
-
-def test_early_stopping_stops_a_run_whose_dev_loss_does_not_improve(
-    tiny_whisper_dir, tmp_path
-):
-    """lr=0: the dev loss never improves, so the run stops after patience.
-
-    Epoch 1 sets the best dev loss; epochs 2 and 3 do not beat it, so with
-    ``patience=2`` the run ends after epoch 3 of 5. ``run.json`` records the
-    optimizer steps actually taken and the dev curve of those epochs.
-    """
-    samples = "tests/samples/annotation"
-    recipe = os.path.join(ROOT, "recipes", "CommonVoice", "ASR", "lora_experts")
-    out = tmp_path / "run"
-    result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(recipe, "train.py"),
-            os.path.join(recipe, "hparams", "expert.yaml"),
-            "--data_folder=tests/samples/ASR",
-            f"--train_csv={samples}/lora_experts_train.csv",
-            f"--valid_csv={samples}/lora_experts_dev.csv",
-            f"--test_csv={samples}/lora_experts_dev.csv",
-            "--skip_prep=True",
-            "--language=de",
-            "--number_of_epochs=5",
-            "--patience=2",
-            "--batch_size=2",
-            "--lr=0",
-            f"--expert_pool={tmp_path / 'pool'}",
-            f"--whisper_hub={tiny_whisper_dir}",
-            f"--whisper_save_folder={tmp_path / 'hub_cache'}",
-            f"--output_folder={out}",
-            "--device=cpu",
-            "--precision=fp32",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    run = json.loads((out / "run.json").read_text())
-    assert run["epochs"] == 3 and run["stopped_early"]
-    # 4 de training clips, batch 2: 2 steps per epoch, 3 epochs.
-    assert run["optimizer_steps"] == 6
-    assert [p["epoch"] for p in run["dev_curve"]] == [1, 2, 3]
-    losses = {p["loss"] for p in run["dev_curve"]}
-    assert len(losses) == 1  # lr=0: the dev loss is constant
-    assert all(p["error_rate"] is not None for p in run["dev_curve"])

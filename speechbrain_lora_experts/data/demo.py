@@ -1091,6 +1091,19 @@ def _write_tar(path, members):
                     tar.addfile(info, io.BytesIO(data))
 
 
+def _per_split(text):
+    """``train,dev,test`` counts for argparse (its error on bad input)."""
+    try:
+        counts = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        counts = ()
+    if len(counts) != 3 or min(counts) < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected three counts train,dev,test (e.g. 20,5,5), got {text!r}"
+        )
+    return counts
+
+
 def main(argv=None):
     """Command line entry point (see the module docstring).
 
@@ -1098,6 +1111,24 @@ def main(argv=None):
     ---------
     argv : list of str, optional
         Command-line arguments (default: ``sys.argv[1:]``).
+
+    Example
+    -------
+    >>> import contextlib
+    >>> def error_of(argv):
+    ...     err = io.StringIO()
+    ...     with contextlib.redirect_stderr(err):
+    ...         try:
+    ...             main(argv)
+    ...         except SystemExit as stop:
+    ...             print("exit status", stop.code)
+    ...     return err.getvalue().splitlines()[-1]
+    >>> error_of(["--languages", "de"])
+    exit status 2
+    '... error: the following arguments are required: --out'
+    >>> error_of(["--out", "demo", "--cv-schema", "v99"])
+    exit status 2
+    "... error: argument --cv-schema: invalid choice: 'v99' (choose from ..."
     """
     parser = argparse.ArgumentParser(
         prog="python -m speechbrain_lora_experts.data.demo",
@@ -1106,7 +1137,12 @@ def main(argv=None):
     )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--languages", default="de,es,it", help="comma list")
-    parser.add_argument("--per-split", default="20,5,5", help="train,dev,test")
+    parser.add_argument(
+        "--per-split",
+        type=_per_split,
+        default="20,5,5",
+        help="train,dev,test clips per language",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--formats", default="common_voice,fleurs")
     parser.add_argument("--speakers", type=int, default=4, help="per language")
@@ -1127,7 +1163,7 @@ def main(argv=None):
     report = build_demo_corpus(
         args.out,
         [x for x in args.languages.split(",") if x.strip()],
-        per_split=tuple(int(x) for x in args.per_split.split(",")),
+        per_split=args.per_split,
         seed=args.seed,
         formats=tuple(x.strip() for x in args.formats.split(",") if x.strip()),
         speakers=args.speakers,

@@ -361,6 +361,37 @@ def extract_archive(tar_path, dest, marker_name=".extracted.json"):
     UnsafeArchiveError
         If a member is absolute, contains ``..`` that leaves ``dest``, or
         is a link/device.
+    PreparationError
+        If the file is not a readable tar archive.
+
+    Example
+    -------
+    >>> import io, tempfile
+    >>> def write_tar(path, names):
+    ...     with tarfile.open(path, "w:gz") as tar:
+    ...         for name in names:
+    ...             info = tarfile.TarInfo(name)
+    ...             info.size = 3
+    ...             tar.addfile(info, io.BytesIO(b"wav"))
+    >>> tmp = tempfile.mkdtemp()
+    >>> tar_path = os.path.join(tmp, "test.tar.gz")
+    >>> dest = os.path.join(tmp, "audio")
+    >>> write_tar(tar_path, ["test/1.wav", "test/2.wav"])
+    >>> extract_archive(tar_path, dest)
+    >>> sorted(os.listdir(os.path.join(dest, "test")))
+    ['1.wav', '2.wav']
+    >>> os.remove(os.path.join(dest, "test", "1.wav"))
+    >>> extract_archive(tar_path, dest)  # done before: nothing to do
+    >>> sorted(os.listdir(os.path.join(dest, "test")))
+    ['2.wav']
+    >>> write_tar(tar_path, ["test/3.wav", "../evil.wav"])
+    >>> extract_archive(tar_path, dest)
+    Traceback (most recent call last):
+    ...
+    speechbrain_lora_experts.data.fleurs.UnsafeArchiveError: Refusing ...
+    >>> sorted(os.listdir(os.path.join(dest, "test")))  # nothing written
+    ['2.wav']
+    >>> shutil.rmtree(tmp)
     """
     marker = os.path.join(dest, marker_name)
     stamp = _archive_stamp(tar_path)

@@ -105,7 +105,19 @@ _RT60_S = (0.2, 0.5)
 
 
 class FestivalNotFoundError(RuntimeError):
-    """Festival's ``text2wave`` is not on PATH."""
+    """Festival (the ``festival`` program) is not on PATH.
+
+    Example
+    -------
+    >>> from unittest import mock
+    >>> with tempfile.TemporaryDirectory() as empty:
+    ...     with mock.patch.dict(os.environ, {"PATH": empty}):
+    ...         try:
+    ...             check_festival()
+    ...         except RuntimeError as err:  # a RuntimeError, with a name
+    ...             print(type(err).__name__)
+    FestivalNotFoundError
+    """
 
 
 def _stable_int(*parts):
@@ -159,7 +171,33 @@ def missing_reason(lang):
 
 
 def check_festival():
-    """Raises :class:`FestivalNotFoundError` unless ``festival`` is on PATH."""
+    """Raises :class:`FestivalNotFoundError` unless ``festival`` is on PATH.
+
+    Only looks the program up (``shutil.which``): it is not run.
+
+    Raises
+    ------
+    FestivalNotFoundError
+        With the packages that install Festival and its voices.
+
+    Example
+    -------
+    >>> import shutil
+    >>> from unittest import mock
+    >>> bin_dir = tempfile.mkdtemp()
+    >>> with mock.patch.dict(os.environ, {"PATH": bin_dir}):
+    ...     try:
+    ...         check_festival()
+    ...     except FestivalNotFoundError as err:
+    ...         print(err)
+    Festival (the `festival` program) is not on PATH: the other-...
+    >>> with open(os.path.join(bin_dir, "festival"), "w") as f:
+    ...     _ = f.write("#!/bin/sh\\n")
+    >>> os.chmod(os.path.join(bin_dir, "festival"), 0o755)
+    >>> with mock.patch.dict(os.environ, {"PATH": bin_dir}):
+    ...     check_festival()  # an executable `festival` on PATH: no error
+    >>> shutil.rmtree(bin_dir)
+    """
     if shutil.which("festival") is None:
         raise FestivalNotFoundError(
             "Festival (the `festival` program) is not on PATH: the other-"
@@ -215,6 +253,40 @@ def synthesize(jobs, voice, encoding, folder):
     -------
     dict
         ``name -> (float64 samples, sample rate)``.
+
+    Raises
+    ------
+    RuntimeError
+        If Festival wrote no audio for a job (with its exit status and
+        the end of its error output).
+
+    Example
+    -------
+    >>> import shutil
+    >>> from unittest import mock
+    >>> tmp = tempfile.mkdtemp()
+    >>> fake = "#!/bin/sh\\necho 'SIOD ERROR: no voice' >&2\\nexit 1\\n"
+    >>> with open(os.path.join(tmp, "festival"), "w") as f:  # reads nothing
+    ...     _ = f.write(fake)
+    >>> os.chmod(os.path.join(tmp, "festival"), 0o755)
+    >>> jobs = [dict(text="Perché “no”?", tempo=1.1, name="a.wav")]
+    >>> voice = ("lp_diphone", "iso-8859-1")  # Italian, 8-bit text
+    >>> with mock.patch.dict(os.environ, {"PATH": tmp}):
+    ...     try:
+    ...         synthesize(jobs, *voice, tmp)
+    ...     except RuntimeError as err:
+    ...         print(err)
+    Festival voice lp_diphone produced no audio ... 1): SIOD ERROR: no voice
+    >>> with open(os.path.join(tmp, "lp_diphone.scm"), "rb") as f:
+    ...     print(f.read().decode("iso-8859-1"), end="")
+    (voice_lp_diphone)
+    (Parameter.set 'Duration_Stretch 1.100)
+    (utt.save.wave (SynthText "Perché \\"no\\"?") ".../a.wav" 'riff)
+    >>> audio = synthesize(jobs, *voice, tmp)  # doctest: +SKIP
+    >>> samples, rate = audio["a.wav"]  # doctest: +SKIP
+    >>> rate  # doctest: +SKIP
+    16000
+    >>> shutil.rmtree(tmp)
     """
     # One process per voice: loading a voice costs up to seconds (the
     # Russian unit database), reading a sentence a fraction of that.
@@ -232,6 +304,7 @@ def synthesize(jobs, voice, encoding, folder):
     script_path = os.path.join(folder, f"{voice}.scm")
     with open(script_path, "wb") as f:
         f.write(b"\n".join(script) + b"\n")
+    check_festival()  # a clear error, not subprocess' FileNotFoundError
     res = subprocess.run(
         ["festival", "-b", script_path], capture_output=True, timeout=3600
     )
@@ -384,6 +457,20 @@ def fleurs_sentences(fleurs_root, lang, split="test"):
     Returns
     -------
     list of str
+        The third column (raw transcription) of every row.
+
+    Example
+    -------
+    >>> import shutil
+    >>> root = tempfile.mkdtemp()
+    >>> os.makedirs(os.path.join(root, "data", "it_it"))
+    >>> tsv = os.path.join(root, "data", "it_it", "test.tsv")
+    >>> with open(tsv, "w", encoding="utf-8") as f:  # FLEURS: 7 columns
+    ...     for i, text in enumerate(["Ciao, mondo!", "Buona sera."]):
+    ...         _ = f.write(f"{i}\\t{i}.wav\\t{text}\\tx\\tx\\t9\\tMALE\\n")
+    >>> fleurs_sentences(root, "it")
+    ['Ciao, mondo!', 'Buona sera.']
+    >>> shutil.rmtree(root)
     """
     from speechbrain_lora_experts.data.fleurs import find_fleurs_folder
     from speechbrain_lora_experts.languages import fleurs_code
@@ -407,6 +494,22 @@ def common_voice_sentences(cv_root, lang, splits=("train", "dev")):
     Returns
     -------
     list of str
+        The ``sentence`` column of the splits, in order.
+
+    Example
+    -------
+    >>> import shutil
+    >>> root = tempfile.mkdtemp()
+    >>> os.makedirs(os.path.join(root, "it"))
+    >>> header = "client_id\\tpath\\tsentence\\tup_votes\\n"
+    >>> for split, text in [("train", "Buona sera."), ("dev", "Grazie.")]:
+    ...     with open(os.path.join(root, "it", f"{split}.tsv"), "w") as f:
+    ...         _ = f.write(header + f"c1\\ta.mp3\\t{text}\\t2\\n")
+    >>> common_voice_sentences(root, "it")
+    ['Buona sera.', 'Grazie.']
+    >>> common_voice_sentences(root, "it", splits=("test",))  # no test.tsv
+    []
+    >>> shutil.rmtree(root)
     """
     from speechbrain_lora_experts.languages import common_voice_locales
 
@@ -455,6 +558,29 @@ def build_other_synth_test(
     ------
     FestivalNotFoundError
         If Festival is not installed.
+
+    Example
+    -------
+    >>> import shutil
+    >>> from unittest import mock
+    >>> tmp = tempfile.mkdtemp()
+    >>> sentences = {"de": ["Hallo Welt."]}
+    >>> with mock.patch.dict(os.environ, {"PATH": tmp}):  # no festival
+    ...     build_other_synth_test(os.path.join(tmp, "out"), sentences)
+    Traceback (most recent call last):
+    ...
+    speechbrain_lora_experts.data.other_synth.FestivalNotFoundError: ...
+    >>> with open(os.path.join(tmp, "festival"), "w") as f:  # never run
+    ...     _ = f.write("#!/bin/sh\\n")
+    >>> os.chmod(os.path.join(tmp, "festival"), 0o755)
+    >>> with mock.patch.dict(os.environ, {"PATH": tmp}):
+    ...     report = build_other_synth_test(os.path.join(tmp, "out"), sentences)
+    >>> report["languages"], report["missing"]  # Festival reads no German
+    ([], {'de': 'Debian has no Festival voice for de'})
+    >>> it = {"it": ["Buona sera."]}  # needs Festival's Italian voices:
+    >>> build_other_synth_test(tmp, it)["rows"]  # doctest: +SKIP
+    {'it': 1}
+    >>> shutil.rmtree(tmp)
     """
     check_festival()
     from speechbrain_lora_experts.data.demo import (
@@ -546,7 +672,59 @@ def build_other_synth_test(
 
 
 def main(argv=None):
-    """Command line entry point (see the module docstring)."""
+    """Command line entry point (see the module docstring).
+
+    Reads each language's FLEURS test sentences, holds out those of the
+    Common Voice train and dev splits (``--cv``), reads them with Festival
+    (:func:`build_other_synth_test`) and prints the report as JSON.
+
+    Arguments
+    ---------
+    argv : list of str, optional
+        Command-line arguments (default: ``sys.argv[1:]``).
+
+    Raises
+    ------
+    FestivalNotFoundError
+        If Festival is not installed (after the sentences are read).
+
+    Example
+    -------
+    >>> import shutil
+    >>> from unittest import mock
+    >>> tmp = tempfile.mkdtemp()
+    >>> os.makedirs(os.path.join(tmp, "fleurs", "data", "de_de"))
+    >>> tsv = os.path.join(tmp, "fleurs", "data", "de_de", "test.tsv")
+    >>> with open(tsv, "w", encoding="utf-8") as f:
+    ...     _ = f.write("1\\ta.wav\\tHallo.\\thallo\\th|a|l|l|o\\t1\\tMALE\\n")
+    >>> argv = ["--out", tmp, "--fleurs", os.path.join(tmp, "fleurs")]
+    >>> with mock.patch.dict(os.environ, {"PATH": tmp}):  # no festival
+    ...     main(argv + ["--languages", "de"])
+    Traceback (most recent call last):
+    ...
+    speechbrain_lora_experts.data.other_synth.FestivalNotFoundError: ...
+    >>> with open(os.path.join(tmp, "festival"), "w") as f:  # never run
+    ...     _ = f.write("#!/bin/sh\\n")
+    >>> os.chmod(os.path.join(tmp, "festival"), 0o755)
+    >>> with mock.patch.dict(os.environ, {"PATH": tmp}):
+    ...     main(argv + ["--languages", "de"])
+    {
+     "synthesizer": "festival",
+     "languages": [],
+     "missing": {
+      "de": "Debian has no Festival voice for de"
+     },
+     "voices": {},
+     "rows": {},
+     "audio_seconds": 0.0,
+     "seconds": ...
+    }
+    >>> main(argv + ["--languages", "ko"])  # no FLEURS folder for ko_kr
+    Traceback (most recent call last):
+    ...
+    speechbrain_lora_experts.data.manifest.PreparationError: No FLEURS ...
+    >>> shutil.rmtree(tmp)
+    """
     parser = argparse.ArgumentParser(
         prog="python -m speechbrain_lora_experts.data.other_synth",
         description="Read held-out FLEURS test sentences with Festival "

@@ -192,6 +192,50 @@ def build_dataset(
     Returns
     -------
     speechbrain.dataio.dataset.DynamicItemDataset
+        Items with ``id``, ``sig``, ``wrd``, ``lang``, ``lang_id``,
+        ``duration``, ``tokens_bos`` and ``tokens_eos``.
+
+    Raises
+    ------
+    NoDataError
+        A target language has no rows (with ``require_all_languages``).
+
+    Example
+    -------
+    >>> import shutil, tempfile
+    >>> import numpy as np
+    >>> import soundfile as sf
+    >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+    ...     build_whisper_tokenizer,
+    ... )
+    >>> tmp = tempfile.mkdtemp()
+    >>> sf.write(f"{tmp}/a.wav", np.zeros(8000, dtype="float32"), 8000)
+    >>> csv_path = f"{tmp}/test.csv"
+    >>> with open(csv_path, "w", encoding="utf-8") as f:
+    ...     _ = f.write(
+    ...         "ID,duration,wav,spk_id,wrd,lang\\n"
+    ...         "es1,2.0,$root/a.wav,s2,Hola mundo,es\\n"
+    ...         "de1,1.0,$root/a.wav,s1,Hallo Welt,de\\n"
+    ...         "fr1,0.5,$root/a.wav,s3,Bonjour,fr\\n"
+    ...     )
+    >>> tok = build_whisper_tokenizer()
+    >>> data = build_dataset(
+    ...     csv_path, tok, ["es", "de"], replacements={"root": tmp}
+    ... )
+    >>> [item["id"] for item in data]  # no fr, shortest first
+    ['de1', 'es1']
+    >>> item = data[0]
+    >>> item["lang_id"], item["sig"].shape  # 1 s at 8 kHz, read at 16 kHz
+    (1, torch.Size([16000]))
+    >>> tok.decode(item["tokens_bos"])
+    '<|startoftranscript|><|de|><|transcribe|><|notimestamps|> Hallo Welt'
+    >>> tok.decode(item["tokens_eos"])  # shifted by one, then eot
+    '<|de|><|transcribe|><|notimestamps|> Hallo Welt<|endoftext|>'
+    >>> build_dataset(csv_path, tok, ["de", "it"], replacements={"root": tmp})
+    Traceback (most recent call last):
+    ...
+    speechbrain_lora_experts.data.pipeline.NoDataError: data ... for ['it'] ...
+    >>> shutil.rmtree(tmp)
     """
     languages = list(languages)
     dataset = sb.dataio.dataset.DynamicItemDataset.from_csv(

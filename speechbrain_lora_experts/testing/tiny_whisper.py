@@ -96,6 +96,74 @@ def build_whisper_tokenizer(n_languages=99, bpe_vocab_size=600):
     return tokenizer
 
 
+def tiny_whisper_model(
+    d_model=8,
+    encoder_layers=1,
+    decoder_layers=1,
+    ffn_dim=None,
+    vocab_size=64,
+    seed=None,
+    **config,
+):
+    """An in-memory random ``transformers.WhisperModel`` of toy size.
+
+    For examples and tests that need Whisper's module layout but no
+    tokenizer or files (see :func:`make_tiny_whisper` for a hub folder).
+
+    Arguments
+    ---------
+    d_model : int
+        Width (2 attention heads).
+    encoder_layers, decoder_layers : int
+        Depths.
+    ffn_dim : int, optional
+        Feed-forward width (default ``d_model``).
+    vocab_size : int
+        Vocabulary size.
+    seed : int, optional
+        ``torch.manual_seed`` before the random initialisation.
+    **config
+        Other ``WhisperConfig`` fields (e.g. ``num_mel_bins``).
+
+    Returns
+    -------
+    transformers.WhisperModel
+
+    Example
+    -------
+    >>> model = tiny_whisper_model(encoder_layers=2, seed=0)
+    >>> len(model.encoder.layers), model.config.d_model
+    (2, 8)
+    >>> same = tiny_whisper_model(encoder_layers=2, seed=0)
+    >>> torch.equal(
+    ...     model.decoder.layers[0].fc1.weight,
+    ...     same.decoder.layers[0].fc1.weight,
+    ... )
+    True
+    """
+    from transformers import WhisperConfig, WhisperModel
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    ffn_dim = ffn_dim or d_model
+    fields = dict(
+        d_model=d_model,
+        encoder_layers=encoder_layers,
+        decoder_layers=decoder_layers,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=ffn_dim,
+        decoder_ffn_dim=ffn_dim,
+        vocab_size=vocab_size,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=0,
+        decoder_start_token_id=1,
+    )
+    fields.update(config)
+    return WhisperModel(WhisperConfig(**fields))
+
+
 def make_tiny_whisper(
     folder,
     d_model=64,

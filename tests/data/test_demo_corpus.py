@@ -283,3 +283,13 @@ def test_parse_po_and_filters():
     assert not demo.is_speakable("Ja bitte.")
     assert not demo.is_speakable("有效的值。", cer=True, latin=False)
     assert demo.is_speakable("输入一个有效的域名。", cer=True, latin=False)
+
+
+@pytest.mark.parametrize("value", ["two", "4,2", "4,-1,2"])
+def test_cli_refuses_a_bad_per_split_with_its_usage(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exit_:
+        demo.main(["--out", str(tmp_path), "--per-split", value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--per-split: expected three counts train,dev,test" in err
+    assert not os.listdir(tmp_path)  # nothing built

@@ -72,6 +72,15 @@ def test_missing_festival_names_the_packages(tmp_path, monkeypatch):
     assert not os.listdir(tmp_path)
 
 
+def test_synthesize_without_festival_names_the_packages(tmp_path, monkeypatch):
+    """Called directly, too: not subprocess' bare FileNotFoundError."""
+    monkeypatch.setattr(other_synth.shutil, "which", lambda name: None)
+    jobs = [dict(text="Buongiorno.", tempo=1.0, name="a.wav")]
+    with pytest.raises(other_synth.FestivalNotFoundError) as error:
+        other_synth.synthesize(jobs, "lp_diphone", "iso-8859-1", tmp_path)
+    assert "apt-get install festival" in str(error.value)
+
+
 def _read_test(root, code):
     folder = root / "data" / code
     with open(folder / "test.tsv", encoding="utf-8", newline="") as f:

@@ -81,7 +81,11 @@ def make_samples(folder=os.path.join(HERE, "ASR")):
         # Cut or pad to the duration the CSVs list.
         length = round(float(row["duration"]) * RATE)
         audio = torch.nn.functional.pad(audio, (0, max(0, length - len(audio))))
-        soundfile.write(path, audio[:length].numpy(), RATE, subtype="PCM_16")
+        # Written aside and renamed: parallel test workers may both find the
+        # clip missing, and neither may read a half-written file.
+        partial = f"{path}.{os.getpid()}.partial.wav"
+        soundfile.write(partial, audio[:length].numpy(), RATE, subtype="PCM_16")
+        os.replace(partial, path)
         written.append(path)
     return written
 

@@ -57,8 +57,12 @@ from speechbrain_lora_experts.checkpointing import (
 )
 from speechbrain_lora_experts.data.pipeline import build_dataset, target_mask
 from speechbrain_lora_experts.distill import (
+    MULTILINGUAL_TEACHER,
+    STUDENT,
+    check_distill_options,
     distillation_loss,
     masked_cross_entropy,
+    prepare_distill_pool,
 )
 from speechbrain_lora_experts.export import export_run
 from speechbrain_lora_experts.gate import GateTap
@@ -588,24 +592,138 @@ class FusionBrain(WhisperExpertsBrain):
 class DistillBrain(WhisperExpertsBrain):
     """Expert teachers (frozen) distilled into one multilingual LoRA.
 
-    The pool holds the language experts followed by a ``student`` slot. The
-    teacher of an utterance is Whisper + its language's expert, run under
-    ``no_grad``; when the experts adapt no encoder layer, teacher and student
-    share one encoder pass. Hparams: ``distill_weight`` (lambda),
-    ``distill_temperature``.
+    The pool holds the language experts, a ``student`` slot and, with
+    ``multilingual_teacher``, a frozen ``multilingual_teacher`` slot (filled
+    by ``distill.prepare_distill_pool`` when the pool attaches; never
+    exported, left out of the optimiser). When training, the loss over the
+    target tokens is::
+
+        (1 - lambda) * CE
+        + lambda * T^2 * KL(teacher || student)
+        + mu * T^2 * KL(base || student)
+
+    The teacher of an utterance is Whisper + its language's expert, or the
+    mixture ``(1 - beta) * p_expert + beta * p_multilingual`` at
+    temperature T; the base is Whisper with no adapter routed (Whisper +
+    the merged ``shared_adapter`` when one is set). Teacher, multilingual
+    teacher and base run in eval mode (no dropout) under ``no_grad``, each
+    in its own routing scope, and the mode and routing come back also when
+    a pass raises; when the experts adapt no encoder layer, all passes and
+    the student share one encoder pass. The base runs only when mu > 0, the
+    multilingual teacher only when beta > 0. Evaluation scores the student
+    with plain CE.
+
+    Hparams: ``distill_weight`` (lambda, in [0, 1]), ``distill_temperature``
+    (T), ``distill_anchor_weight`` (mu >= 0, default 0),
+    ``multilingual_teacher`` / ``multilingual_teacher_weight`` (beta, in
+    [0, 1], default 0.5), ``student_init`` (read when the pool attaches).
+    The weights are checked when the Brain is made.
+
+    Arguments
+    ---------
+    *args
+        ``sb.Brain``'s arguments.
+    **kwargs
+        ``sb.Brain``'s keyword arguments.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        check_distill_options(**distill_options(vars(self.hparams)))
+        if getattr(self.hparams, "multilingual_teacher", None) and (
+            self.multilingual_slot is None
+        ):
+            raise ValueError(
+                "multilingual_teacher is set but the pool has no "
+                f"{MULTILINGUAL_TEACHER!r} slot: attach the pool with "
+                "attach_experts()"
+            )
 
     @property
     def student(self):
         """Index of the student slot."""
-        return self.experts.index_of("student")
+        return self.experts.index_of(STUDENT)
+
+    @property
+    def multilingual_slot(self):
+        """Index of the multilingual teacher's slot, or None."""
+        names = self.experts.expert_names
+        if MULTILINGUAL_TEACHER not in names:
+            return None
+        return names.index(MULTILINGUAL_TEACHER)
+
+    @property
+    def anchor_weight(self):
+        """mu, the weight of ``KL(base || student)`` (0: no base pass)."""
+        return float(getattr(self.hparams, "distill_anchor_weight", 0.0))
+
+    @property
+    def multilingual_weight(self):
+        """beta, the multilingual teacher's share (0 without one)."""
+        if self.multilingual_slot is None:
+            return 0.0
+        return float(getattr(self.hparams, "multilingual_teacher_weight", 0.5))
 
     def set_routing(self, batch, stage):
         """The student is what trains and what is evaluated."""
         self.experts.route(self.student)
 
+    def init_optimizers(self):
+        """SpeechBrain's optimiser, without the multilingual teacher."""
+        super().init_optimizers()
+        if self.multilingual_slot is None or self.optimizer is None:
+            return
+        frozen = {
+            id(p)
+            for p in self.experts.expert_parameters(self.multilingual_slot)
+        }
+        for group in self.optimizer.param_groups:
+            group["params"] = [
+                p for p in group["params"] if id(p) not in frozen
+            ]
+
+    def frozen_logits(self, mel, tokens_bos, routes, shares_encoder):
+        """Logits of frozen models: eval mode, no graph, one scope each.
+
+        Arguments
+        ---------
+        mel : torch.Tensor
+            The batch's log-mel features.
+        tokens_bos : torch.LongTensor
+            ``[B, T]`` decoder inputs.
+        routes : dict
+            ``{name: route}``; a route as ``routing_scope`` takes it (None:
+            no adapter, the base).
+        shares_encoder : bool
+            Whether one encoder pass serves every route (no adapted
+            encoder layer).
+
+        Returns
+        -------
+        logits : dict
+            ``{name: [B, T, V] logits}``.
+        enc : torch.Tensor
+            The last encoder output.
+        """
+        # Fixed targets: no dropout, no graph; the mode comes back after.
+        was_training = self.whisper.training
+        self.whisper.eval()
+        logits, enc = {}, None
+        try:
+            with torch.no_grad():
+                for name, route in routes.items():
+                    with self.routing_scope(route):
+                        if enc is None or not shares_encoder:
+                            enc = self.whisper.forward_encoder(mel)
+                        logits[name] = self.whisper.forward_decoder(
+                            enc, tokens_bos, use_cache=False
+                        )[0]
+        finally:
+            self.whisper.train(was_training)
+        return logits, enc
+
     def compute_forward(self, batch, stage):
-        """Student forward; teacher logits too when training."""
+        """Student forward; teacher (and base) logits too when training."""
         if stage != sb.Stage.TRAIN:
             return super().compute_forward(batch, stage)
         batch = batch.to(self.device)
@@ -615,27 +733,22 @@ class DistillBrain(WhisperExpertsBrain):
         shares_encoder = not any(
             name.startswith("encoder.") for name in self.experts.layers
         )
-        # The teacher is a fixed target: no dropout, no graph.
-        was_training = self.whisper.training
-        self.whisper.eval()
-        try:
-            with self.routing_scope(self.lang_ids(batch)), torch.no_grad():
-                teacher_enc = self.whisper.forward_encoder(mel)
-                teacher = self.whisper.forward_decoder(
-                    teacher_enc, tokens_bos, use_cache=False
-                )[0]
-        finally:
-            self.whisper.train(was_training)
+        routes = {"teacher_logits": self.lang_ids(batch)}
+        if self.multilingual_weight > 0:
+            routes["multilingual_logits"] = self.multilingual_slot
+        if self.anchor_weight > 0:
+            routes["base_logits"] = None  # every adapter off
+        frozen, enc = self.frozen_logits(
+            mel, tokens_bos, routes, shares_encoder
+        )
         with self.routing_scope():
             self.set_routing(batch, stage)
-            if shares_encoder:
-                enc = teacher_enc
-            else:
+            if not shares_encoder:
                 enc = self.whisper.forward_encoder(mel)
             logits = self.whisper.forward_decoder(
                 enc, tokens_bos, use_cache=False
             )
-        return {"logits": logits[0], "teacher_logits": teacher}
+        return {"logits": logits[0], **frozen}
 
     def compute_objectives(self, predictions, batch, stage):
         """Distillation loss when training, plain CE when evaluating."""
@@ -649,8 +762,38 @@ class DistillBrain(WhisperExpertsBrain):
             weight=self.hparams.distill_weight,
             temperature=self.hparams.distill_temperature,
             label_smoothing=getattr(self.hparams, "label_smoothing", 0.0),
+            anchor_logits=predictions.get("base_logits"),
+            anchor_weight=self.anchor_weight,
+            multilingual_logits=predictions.get("multilingual_logits"),
+            multilingual_weight=self.multilingual_weight,
         )
         return loss
+
+
+def distill_options(hparams):
+    """The loss weights of a distill run's hparams, defaults filled in.
+
+    Arguments
+    ---------
+    hparams : dict
+        The loaded hyperparameters.
+
+    Returns
+    -------
+    dict
+        Keyword arguments of ``distill.check_distill_options``.
+
+    Example
+    -------
+    >>> distill_options({"distill_weight": 0.3})["anchor_weight"]
+    0.0
+    """
+    return {
+        "weight": hparams.get("distill_weight", 0.5),
+        "temperature": hparams.get("distill_temperature", 2.0),
+        "anchor_weight": hparams.get("distill_anchor_weight", 0.0),
+        "multilingual_weight": hparams.get("multilingual_teacher_weight", 0.5),
+    }
 
 
 def _is_number(value):
@@ -777,7 +920,10 @@ def attach_experts(hparams):
         The loaded hyperparameters (``expert_pool``, ``languages``,
         ``untrained_experts`` and the ``lora_*`` shape of untrained
         experts, optional ``extra_experts``: fresh trainable slots such as
-        the distillation student).
+        the distillation student). Distillation also reads
+        ``multilingual_teacher`` (one more slot, loaded and frozen) and
+        ``student_init`` (loaded into the student here, so that a resumed
+        run's checkpoint, recovered when training starts, wins over it).
 
     Returns
     -------
@@ -786,6 +932,9 @@ def attach_experts(hparams):
     """
     languages = list(hparams["languages"])
     extra = list(hparams.get("extra_experts") or [])
+    distill = hparams.get("system") == "distill"
+    if distill and hparams.get("multilingual_teacher"):
+        extra.append(MULTILINGUAL_TEACHER)
     if hparams["untrained_experts"]:
         experts = WhisperLoRAExperts(
             hparams["whisper"],
@@ -807,6 +956,13 @@ def attach_experts(hparams):
             languages,
             extra_experts=extra,
         )
+    if distill:
+        prepare_distill_pool(
+            experts,
+            multilingual_teacher=hparams.get("multilingual_teacher"),
+            student_init=hparams.get("student_init"),
+            shared_adapter=getattr(hparams["whisper"], "shared_adapter", None),
+        )
     hparams["checkpointer"].add_recoverable("experts", experts)
     return experts
 
@@ -816,6 +972,9 @@ if __name__ == "__main__":
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
+    if hparams["system"] == "distill":
+        # Wrong loss weights fail now, not after the data preparation.
+        check_distill_options(**distill_options(hparams))
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
