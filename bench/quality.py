@@ -69,7 +69,7 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from speechbrain_lora_experts.recipe_runner import load_metrics, run_recipe
 
@@ -568,11 +568,22 @@ def run_one(args, task):
     return None if name in args.failed else seconds
 
 
-def run_all(args, tasks):
-    """Runs the tasks in dependency waves, ``args.jobs`` at a time.
+def _next_ready(remaining, finished):
+    """The first planned run whose inputs have all finished, or None."""
+    for key, task in remaining.items():
+        if all(dep in finished for dep in task["deps"]):
+            return key
+    return None
 
-    Independent runs share one GPU well: a whisper-base step leaves most
-    of it idle, so several processes overlap their kernels.
+
+def run_all(args, tasks):
+    """Runs the tasks, ``args.jobs`` at a time, each as soon as it can.
+
+    A run starts when a slot is free and every run it reads has finished
+    (in plan order among the ready ones), so one long run does not hold
+    back the runs that do not need it. Independent runs share one GPU
+    well: a whisper-base step leaves most of it idle, so several processes
+    overlap their kernels.
 
     Returns
     -------
@@ -581,40 +592,35 @@ def run_all(args, tasks):
         it failed or did not run).
     """
     os.makedirs(args.work, exist_ok=True)
-    seconds, remaining = {}, dict(tasks)
-    while remaining:
-        ready = [
-            key
-            for key, task in remaining.items()
-            if all(dep in seconds for dep in task["deps"])
-        ]
-        if not ready:
-            raise RuntimeError(f"runs reference each other: {list(remaining)}")
-        wave = {}
-        for key in ready:
-            task = remaining.pop(key)
-            lost = [d for d in task["deps"] if seconds[d] is None]
-            if lost and not os.path.isfile(
-                os.path.join(task["out"], "metrics.json")
-            ):
-                seconds[key] = None
-                if not args.collect_only:
-                    args.failed[_run_name(args, task["out"])] = (
-                        "needs runs that failed: "
-                        + ", ".join(
-                            _run_name(args, tasks[d]["out"]) for d in lost
+    seconds, remaining, running = {}, dict(tasks), {}
+    slots = max(1, args.jobs)
+    with ThreadPoolExecutor(max_workers=slots) as pool:
+        while remaining or running:
+            key = _next_ready(remaining, seconds)
+            if key is not None and len(running) < slots:
+                task = remaining.pop(key)
+                lost = [d for d in task["deps"] if seconds[d] is None]
+                if lost and not os.path.isfile(
+                    os.path.join(task["out"], "metrics.json")
+                ):
+                    seconds[key] = None
+                    if not args.collect_only:
+                        args.failed[_run_name(args, task["out"])] = (
+                            "needs runs that failed: "
+                            + ", ".join(
+                                _run_name(args, tasks[d]["out"]) for d in lost
+                            )
                         )
-                    )
+                    continue
+                running[pool.submit(run_one, args, task)] = key
                 continue
-            wave[key] = task
-        if args.jobs <= 1:
-            seconds.update({k: run_one(args, t) for k, t in wave.items()})
-            continue
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            futures = {
-                k: pool.submit(run_one, args, t) for k, t in wave.items()
-            }
-            seconds.update({k: f.result() for k, f in futures.items()})
+            if not running:
+                raise RuntimeError(
+                    f"runs reference each other: {list(remaining)}"
+                )
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                seconds[running.pop(future)] = future.result()
     return seconds
 
 
@@ -1144,9 +1150,10 @@ def estimate_seconds(args, tasks):
     return out
 
 
-def simulate_waves(tasks, seconds, jobs):
-    """Wall seconds of :func:`run_all`'s dependency waves on ``jobs``
-    workers (each wave's tasks go, in order, to the first free worker).
+def simulate_schedule(tasks, seconds, jobs):
+    """Wall seconds of :func:`run_all` on ``jobs`` workers: each run starts
+    when a worker is free and its inputs have finished (plan order among
+    the ready ones).
 
     Example
     -------
@@ -1155,19 +1162,32 @@ def simulate_waves(tasks, seconds, jobs):
     ...     "b": {"deps": set()},
     ...     "c": {"deps": {"a"}},
     ... }
-    >>> simulate_waves(tasks, {"a": 10, "b": 4, "c": 5}, jobs=2)
+    >>> simulate_schedule(tasks, {"a": 10, "b": 4, "c": 5}, jobs=2)
+    15
+    >>> tasks["d"] = {"deps": {"b"}}  # starts when b ends, beside a
+    >>> simulate_schedule(tasks, {"a": 10, "b": 4, "c": 5, "d": 6}, jobs=2)
     15
     """
-    done, total, remaining = set(), 0, dict(tasks)
+    remaining, ends, now = dict(tasks), {}, 0
+    workers = [0] * max(1, jobs)  # when each worker is free
     while remaining:
-        wave = [k for k, t in remaining.items() if t["deps"] <= done]
-        workers = [0] * max(1, jobs)
-        for key in wave:
-            workers[workers.index(min(workers))] += seconds[key]
-            remaining.pop(key)
-        total += max(workers)
-        done |= set(wave)
-    return total
+        now = max(now, min(workers))
+        finished = {k for k, end in ends.items() if end <= now}
+        key = _next_ready(remaining, finished)
+        if key is None:
+            # Nothing can start before the next running run ends.
+            later = [end for end in ends.values() if end > now]
+            if not later:
+                raise RuntimeError(
+                    f"runs reference each other: {list(remaining)}"
+                )
+            now = min(later)
+            continue
+        remaining.pop(key)
+        slot = workers.index(min(workers))
+        ends[key] = now + seconds[key]
+        workers[slot] = ends[key]
+    return max(ends.values(), default=0)
 
 
 def print_estimate(args):
@@ -1181,7 +1201,7 @@ def print_estimate(args):
     for key, value in seconds.items():
         print(f"{'/'.join(map(str, key[1:])):40s} {value / 60:7.1f} min")
     cpu = sum(seconds.values())
-    wall = simulate_waves(tasks, seconds, args.jobs)
+    wall = simulate_schedule(tasks, seconds, args.jobs)
     print(
         f"{len(tasks)} runs: {cpu / 3600:.1f} h of one-thread CPU time, "
         f"about {wall / 3600:.1f} h with {args.jobs} runs at a time "

@@ -11,6 +11,12 @@ resume then fails to load. :func:`quarantine_incomplete_checkpoints`,
 called before recovery, moves such folders aside (with a warning) so the
 run resumes from the previous complete checkpoint.
 
+SpeechBrain 1.1.2's ``EpochCounterWithStopper`` checkpoints like a plain
+``EpochCounter`` (its own hooks are not registered): a resumed run forgets
+its best dev loss and its stop decision, trains past the point where it
+had stopped and counts patience from zero. :class:`EpochCounterWithStopper`
+here saves and recovers that state.
+
 Authors
  * speechbrain-lora-experts developers 2026
 """
@@ -25,6 +31,7 @@ import numpy as np
 import torch
 import yaml
 
+from speechbrain.utils import epoch_loop
 from speechbrain.utils.checkpoints import (
     CKPT_PREFIX,
     METAFNAME,
@@ -35,6 +42,60 @@ from speechbrain.utils.checkpoints import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+@register_checkpoint_hooks
+class EpochCounterWithStopper(epoch_loop.EpochCounterWithStopper):
+    """SpeechBrain's early-stopping epoch counter, with its state saved.
+
+    Same arguments and behaviour as
+    ``speechbrain.utils.epoch_loop.EpochCounterWithStopper``; a checkpoint
+    also holds the best epoch, best score and stop decision, so a resumed
+    run stops where the uninterrupted one would. Checkpoints of the plain
+    counter (an epoch number only) still load, with the stopper reset.
+
+    Arguments
+    ---------
+    limit : int
+        Maximum number of epochs.
+    limit_to_stop : int
+        Patience: epochs without improvement before stopping.
+    limit_warmup : int
+        Epochs before the metric is tracked.
+    direction : str
+        ``min`` or ``max``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from speechbrain.utils.checkpoints import Checkpointer
+    >>> folder = tempfile.mkdtemp()
+    >>> counter = EpochCounterWithStopper(5, 2, 0, "min")
+    >>> for loss in [1.0, 1.2, 1.1]:
+    ...     _ = next(counter)
+    ...     counter.update_metric(loss)
+    >>> counter.should_stop, counter.best_limit
+    (True, 1)
+    >>> _ = Checkpointer(folder, {"counter": counter}).save_checkpoint()
+    >>> resumed = EpochCounterWithStopper(5, 2, 0, "min")
+    >>> _ = Checkpointer(folder, {"counter": resumed}).recover_if_possible()
+    >>> resumed.current, resumed.best_score, list(resumed)  # stops at once
+    (3, 1.0, [])
+    """
+
+    @mark_as_saver
+    def _save(self, path):
+        super()._save(path)
+
+    @mark_as_loader
+    def _recover(self, path, end_of_epoch=True, device=None):
+        with open(path, encoding="utf-8") as f:
+            saved = yaml.safe_load(f)
+        if isinstance(saved, int):  # a plain EpochCounter's checkpoint
+            self.current = saved if end_of_epoch else saved - 1
+            return
+        super()._recover(path, end_of_epoch, device)
+
 
 #: Prefix of a quarantined checkpoint folder (SpeechBrain ignores it).
 QUARANTINE_PREFIX = "incomplete-"

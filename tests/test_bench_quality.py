@@ -220,7 +220,7 @@ def test_estimate_of_the_medium_setting(capsys):
     assert estimate["wall_seconds"] < estimate["cpu_seconds"]
     assert "plain/zh/1" in capsys.readouterr().out
     tasks = {"a": {"deps": set()}, "b": {"deps": {"a"}}}
-    assert quality.simulate_waves(tasks, {"a": 3, "b": 4}, jobs=2) == 7
+    assert quality.simulate_schedule(tasks, {"a": 3, "b": 4}, jobs=2) == 7
 
 
 def _fake_corpus(root):

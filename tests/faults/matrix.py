@@ -38,6 +38,7 @@ CV = "data/test_common_voice.py::"
 FL = "data/test_fleurs.py::"
 FAULTS = "faults/test_faults.py::"
 KILL = "faults/test_kill_during_save.py::"
+STOP = "faults/test_resume_after_early_stop.py::"
 
 
 def _skip(bad_input, reason, test=ROWS):
@@ -206,6 +207,29 @@ OTHER_CASES = [
         "a checkpoint with `CKPT.yaml` but files missing",
         "same: moved aside, the previous checkpoint is recovered",
         KILL + "test_checkpoint_killed_right_after_its_meta_file",
+    ),
+    Case(
+        "a run killed after early stopping",
+        "the rerun resumes stopped: best dev loss, patience and stop "
+        "decision are in the checkpoint (SpeechBrain 1.1.2's counter "
+        "forgets them and trains on)",
+        STOP + "test_stopped_run_resumes_stopped",
+    ),
+    Case(
+        "a run killed during its patience",
+        "patience keeps counting from the best epoch",
+        STOP + "test_patience_counts_across_a_resume",
+    ),
+    Case(
+        "a checkpoint of SpeechBrain's plain epoch counter (older runs)",
+        "loads: the epoch is kept, the early stopper starts afresh",
+        STOP + "test_a_plain_counter_checkpoint_still_loads",
+    ),
+    Case(
+        "a recipe yaml with SpeechBrain's own `EpochCounterWithStopper`",
+        "refused by the tests: every yaml uses the project's counter, "
+        "which checkpoints the stopper",
+        STOP + "test_every_recipe_yaml_uses_the_saving_counter",
     ),
     Case(
         "Whisper folder moved or misspelled",
