@@ -592,7 +592,14 @@ def run_all(args, tasks):
         it failed or did not run).
     """
     os.makedirs(args.work, exist_ok=True)
-    seconds, remaining, running = {}, dict(tasks), {}
+    seconds, remaining, running = {}, {}, {}
+    for key, task in tasks.items():
+        # Finished earlier: done now, without waiting for a slot (a slot
+        # held by a long run would hold back the runs that read it).
+        if os.path.isfile(os.path.join(task["out"], "metrics.json")):
+            seconds[key] = 0.0
+        else:
+            remaining[key] = task
     slots = max(1, args.jobs)
     with ThreadPoolExecutor(max_workers=slots) as pool:
         while remaining or running:

@@ -345,3 +345,38 @@ def test_report_from_fabricated_runs(tmp_path):
     assert "| distillation | aware | 0.0 | 25.0 | 12.5 [" in markdown
     assert "8 · 0.64→0.48" in markdown
     assert "absent: de" in markdown
+
+
+def test_runs_start_as_soon_as_their_inputs_are_done(tmp_path, monkeypatch):
+    """A long run does not hold back runs that do not read it, and a run
+    finished earlier takes no slot."""
+    import threading
+    from types import SimpleNamespace
+
+    finished = tmp_path / "b"
+    finished.mkdir()
+    (finished / "metrics.json").write_text("{}")
+    tasks = {
+        "a": dict(out=str(tmp_path / "a"), deps=set()),
+        "b": dict(out=str(finished), deps=set()),
+        "c": dict(out=str(tmp_path / "c"), deps={"b"}),
+        "d": dict(out=str(tmp_path / "d"), deps={"c"}),
+    }
+    release, started = threading.Event(), []
+
+    def fake_run_one(args, task):
+        name = os.path.basename(task["out"])
+        started.append(name)
+        if name == "a":  # long: ends only once d has run beside it
+            assert release.wait(10), "c and d waited for a"
+        if name == "d":
+            release.set()
+        return 1.0
+
+    monkeypatch.setattr(quality, "run_one", fake_run_one)
+    args = SimpleNamespace(
+        work=str(tmp_path), jobs=2, collect_only=False, failed={}
+    )
+    seconds = quality.run_all(args, tasks)
+    assert started == ["a", "c", "d"]
+    assert seconds == {"a": 1.0, "b": 0.0, "c": 1.0, "d": 1.0}
