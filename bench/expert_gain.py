@@ -18,6 +18,8 @@ import json
 import os
 import time
 
+from provenance import public_name
+
 from speechbrain_lora_experts.recipe_runner import load_metrics, run_recipe
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -69,8 +71,8 @@ def main():
     gain /= zero["error_rate"]
     result = dict(
         benchmark="expert_gain",
-        whisper=args.whisper,
-        data_folder=args.data_folder,
+        whisper=public_name(args.whisper),
+        data_folder=public_name(args.data_folder),
         language=args.language,
         epochs=args.epochs,
         lr=args.lr,
@@ -95,7 +97,8 @@ def main():
     )
     with open(os.path.join(args.out, name + ".md"), "w") as f:
         f.write(
-            f"Whisper: {args.whisper}; data: {args.data_folder}; "
+            f"Whisper: {public_name(args.whisper)}; "
+            f"data: {public_name(args.data_folder)}; "
             f"window {args.window} s; greedy; relative gain "
             f"{gain:.1f}%.\n\n" + table
         )

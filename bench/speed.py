@@ -73,6 +73,10 @@ import time
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)  # the benchmark's helper modules
+
+from provenance import public_name  # noqa: E402
+
 SAMPLE_RATE = 16000
 LANGUAGES = ("de", "es", "it", "ru", "fr", "zh")
 TARGETS = ("q_proj", "v_proj", "fc1", "fc2")
@@ -1232,7 +1236,8 @@ def main(argv=None):
         result = dict(
             benchmark="speed",
             model=model,
-            whisper=args.whisper,
+            # Names, not machine paths: results are committed.
+            whisper=public_name(args.whisper),
             device=args.device,
             threads=torch.get_num_threads(),
             repeats=args.repeats,
@@ -1256,7 +1261,7 @@ def main(argv=None):
                 precision=args.precision,
                 tolerance=args.tolerance,
                 audio=(
-                    f"clips of {args.corpus}"
+                    f"clips of {public_name(args.corpus)}"
                     if args.corpus
                     else "random 4-8 s noise"
                 ),
