@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_distill import record_calls
+from test_distill import make_batch, record_calls
 
 from speechbrain_lora_experts.attach import WhisperLoRAExperts
 from speechbrain_lora_experts.distill import (
@@ -41,7 +41,6 @@ from speechbrain_lora_experts.recipe_runner import load_recipe_script
 
 SCRIPT = load_recipe_script()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOT, DE, ES, TRANSCRIBE, NOTS = 50258, 50261, 50262, 50359, 50363
 
 
 def train_stage():
@@ -360,23 +359,6 @@ def test_a_resumed_checkpoint_wins_over_student_init(
 
 
 # The Brain ----------------------------------------------------------------
-class Batch(SimpleNamespace):
-    def to(self, device):
-        return self
-
-
-def make_batch():
-    torch.manual_seed(0)
-    tokens = torch.tensor(
-        [[SOT, DE, TRANSCRIBE, NOTS, 400], [SOT, ES, TRANSCRIBE, NOTS, 401]]
-    )
-    return Batch(
-        sig=(torch.randn(2, 8000) * 0.1, torch.ones(2)),
-        tokens_bos=(tokens, torch.ones(2)),
-        lang_id=[0, 1],
-    )
-
-
 def make_brain(sb_whisper, parts=("encoder", "decoder"), **hparams):
     names = ["de", "es", STUDENT, MULTILINGUAL_TEACHER]
     experts = WhisperLoRAExperts(
