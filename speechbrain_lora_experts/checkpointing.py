@@ -83,6 +83,38 @@ class EpochCounterWithStopper(epoch_loop.EpochCounterWithStopper):
     (3, 1.0, [])
     """
 
+    def update_start_metric(self, metric):
+        """Records the starting point's metric as epoch 0.
+
+        Later epochs then count as improvements only when they beat it, so
+        a run that starts from a trained model (a distillation student
+        initialised from the multilingual LoRA) stops after ``patience``
+        epochs that never got better than where it began; the best
+        checkpoint is then the start's.
+
+        Arguments
+        ---------
+        metric : float
+            The dev metric before any training step.
+
+        Example
+        -------
+        >>> counter = EpochCounterWithStopper(5, 2, 0, "min")
+        >>> counter.update_start_metric(1.0)
+        >>> for loss in [1.2, 1.1]:
+        ...     _ = next(counter)
+        ...     counter.update_metric(loss)
+        >>> counter.should_stop, counter.best_limit, counter.best_score
+        (True, 0, 1.0)
+        """
+        if self.current != 0:
+            raise RuntimeError(
+                "update_start_metric() is for the point before epoch 1; "
+                f"the counter is at epoch {self.current}"
+            )
+        self.best_score = metric
+        self.best_limit = 0
+
     @mark_as_saver
     def _save(self, path):
         super()._save(path)

@@ -26,11 +26,14 @@ import bootstrap  # noqa: E402
 import quality  # noqa: E402
 
 
-def _write_run(folder, utterances, prefix="", epochs=(), n_train=0):
+def _write_run(
+    folder, utterances, prefix="", epochs=(), n_train=0, start_dev=None
+):
     """A recipe run's outputs: metrics and wer files written by the
     package's scorer, SpeechBrain's train log, the prepared train CSV.
 
-    ``utterances``: (id, language, hypothesis, reference) tuples.
+    ``utterances``: (id, language, hypothesis, reference) tuples;
+    ``start_dev``: the dev loss of a validated start (epoch 0).
     """
     scorer = MultilingualScorer()
     for uid, lang, hyp, ref in utterances:
@@ -38,6 +41,12 @@ def _write_run(folder, utterances, prefix="", epochs=(), n_train=0):
     summary = scorer.write(str(folder), prefix=prefix)
     if epochs:
         logger = FileTrainLogger(str(folder / "train_log.txt"))
+        if start_dev is not None:
+            logger.log_stats(
+                {"epoch": 0, "lr": 1e-3},
+                valid_stats={"loss": start_dev},
+                verbose=False,
+            )
         for epoch, (train, dev) in enumerate(epochs, start=1):
             logger.log_stats(
                 {"epoch": epoch, "lr": 1e-3},
@@ -277,6 +286,7 @@ def test_report_from_fabricated_runs(tmp_path):
         ],
         epochs=[(1.0, 0.7)],
         n_train=16,
+        start_dev=0.75,
     )
     # Out-of-domain file: espeak clips and the Festival clip.
     for name, festival_hyp in (
@@ -329,6 +339,11 @@ def test_report_from_fabricated_runs(tmp_path):
     )
     assert run["training"]["optimizer_steps"] == 8
     assert run["training"]["dev_loss"] == [0.64, 0.48]
+    assert run["training"]["start_dev_loss"] is None
+    run = next(r for r in result["runs"] if r.get("system") == "distillation")
+    assert run["training"]["epochs_run"] == 1
+    assert run["training"]["start_dev_loss"] == 0.75
+    assert run["training"]["dev_loss"] == [0.7]
     assert result["train_clips"] == {"de": 10, "it": 6}
     # Provenance: command, commit, whisper fingerprint, no machine paths.
     written = (tmp_path / "results" / "quality_small.json").read_text()
@@ -344,6 +359,7 @@ def test_report_from_fabricated_runs(tmp_path):
     markdown = (tmp_path / "results" / "quality_small.md").read_text()
     assert "| distillation | aware | 0.0 | 25.0 | 12.5 [" in markdown
     assert "8 · 0.64→0.48" in markdown
+    assert "4 · (start) · 0.75→0.70" in markdown
     assert "absent: de" in markdown
 
 

@@ -2,9 +2,10 @@
 
 The loss terms against hand computations; the student's initialisation
 from a PEFT folder (exact copy, clear refusal of another shape, a resumed
-checkpoint wins); the Brain's frozen passes; and two tiny recipe runs on
+checkpoint wins); the Brain's frozen passes; tiny recipe runs on
 ``tests/samples`` whose teacher slots stay bit-identical while the student
-trains, and whose model folder exports the student alone.
+trains, and whose model folder exports the student alone; and a student
+that only gets worse, which ends where it started.
 """
 
 import ast
@@ -571,8 +572,10 @@ def launch(tiny_whisper_dir, folders, name, *flags):
         f"--output_folder={folders['root'] / name}",
         "--device=cpu",
         "--precision=fp32",
-        *flags,
     ]
+    # A flag given replaces the default of the same name.
+    given = {flag.split("=", 1)[0] for flag in flags}
+    argv = [a for a in argv if a.split("=", 1)[0] not in given] + list(flags)
     log = folders["root"] / f"{name}.out"
     if "fork" in multiprocessing.get_all_start_methods():
         # A fork of this process has torch, SpeechBrain and transformers
@@ -688,6 +691,8 @@ def test_multilingual_teacher_run_keeps_the_teacher_and_exports_no_teacher(
         "multilingual",
         f"--multilingual_teacher={folders['multilingual']}",
         f"--student_init={folders['init']}",
+        # One checkpoint, the trained one (the start's has its own test).
+        "--validate_before_training=False",
     )
     extra = [STUDENT, MULTILINGUAL_TEACHER]
     pool = trained_pool(tiny_whisper_dir, folders, out, extra)
@@ -723,3 +728,32 @@ def test_the_recipe_refuses_bad_weights_before_preparing_data(
     assert "multilingual_teacher_weight (beta) must be in [0, 1]" in log
     # Refused before the experiment folder and the data preparation.
     assert os.listdir(folders["root"] / "bad") == ["save"]  # the yaml's
+
+
+def test_a_student_that_gets_worse_ends_at_its_start(tiny_whisper_dir, folders):
+    """With student_init the start is epoch 0: training must beat it."""
+    flags = (
+        f"--student_init={folders['init']}",
+        "--lr=1.0",  # Adam steps of 1.0 wreck the student
+        "--number_of_epochs=3",
+        "--patience=1",
+    )
+    out = run_distill(tiny_whisper_dir, folders, "worse", *flags)
+    curve = json.loads((out / "dev_curve.json").read_text())
+    assert [point["epoch"] for point in curve] == [0, 1]
+    assert curve[1]["loss"] > curve[0]["loss"]
+    run = json.loads((out / "run.json").read_text())
+    assert run["stopped_early"] is True
+    # The test and the export use the best checkpoint: the start's.
+    exported = read_adapter(out / "model" / "experts" / STUDENT)
+    init = read_adapter(folders["init"])
+    assert exported.weights.keys() == init.weights.keys()
+    for name, (lora_a, lora_b) in init.weights.items():
+        assert torch.equal(exported.weights[name][0], lora_a), name
+        assert torch.equal(exported.weights[name][1], lora_b), name
+    # Run again: it resumes from the checkpoints (no second epoch 0).
+    run_distill(tiny_whisper_dir, folders, "worse", *flags)
+    log = (out / "log.txt").read_text()
+    assert log.count("validating the starting point as epoch 0") == 1
+    again = json.loads((out / "dev_curve.json").read_text())
+    assert [point["epoch"] for point in again] == [0, 1]

@@ -47,8 +47,10 @@ import torch
 from common_voice_prepare import prepare_common_voice
 from fleurs_prepare import prepare_fleurs
 from hyperpyyaml import load_hyperpyyaml
+from torch.utils.data import DataLoader
 
 import speechbrain as sb
+from speechbrain.dataio.dataloader import LoopedLoader
 from speechbrain.utils.distributed import run_on_main
 from speechbrain_lora_experts import decoding
 from speechbrain_lora_experts.attach import WhisperLoRAExperts
@@ -145,7 +147,10 @@ class WhisperExpertsBrain(sb.Brain):
     ``language_aware``, ``label_smoothing``, ``decoding`` (greedy/beam),
     ``beam_size``, ``valid_search_interval``, ``epoch_counter`` (an
     ``EpochCounterWithStopper``: early stopping on the dev loss),
-    ``train_logger``, ``output_folder``; optionally ``lr_annealing``.
+    ``train_logger``, ``output_folder``; optionally ``lr_annealing`` and
+    ``validate_before_training`` (True: the model as it starts is validated
+    and checkpointed as epoch 0, so early stopping and the best-checkpoint
+    selection can fall back to it).
 
     Arguments
     ---------
@@ -163,6 +168,82 @@ class WhisperExpertsBrain(sb.Brain):
         self.dev_curve = DevCurve(
             os.path.join(folder, "dev_curve.json") if folder else None
         )
+
+    @property
+    def validates_start(self):
+        """Whether the starting point is validated as epoch 0."""
+        return bool(getattr(self.hparams, "validate_before_training", False))
+
+    def fit(
+        self,
+        epoch_counter,
+        train_set,
+        valid_set=None,
+        progressbar=None,
+        train_loader_kwargs=None,
+        valid_loader_kwargs=None,
+    ):
+        """``sb.Brain.fit``, validating the start first when asked.
+
+        Arguments
+        ---------
+        epoch_counter : iterable
+            As ``sb.Brain.fit``.
+        train_set : Dataset or DataLoader
+            As ``sb.Brain.fit``.
+        valid_set : Dataset or DataLoader
+            As ``sb.Brain.fit``.
+        progressbar : bool
+            As ``sb.Brain.fit``.
+        train_loader_kwargs : dict
+            As ``sb.Brain.fit``.
+        valid_loader_kwargs : dict
+            As ``sb.Brain.fit``.
+        """
+        if valid_set is not None and not isinstance(
+            valid_set, (DataLoader, LoopedLoader)
+        ):
+            valid_set = self.make_dataloader(
+                valid_set,
+                stage=sb.Stage.VALID,
+                ckpt_prefix=None,
+                **(valid_loader_kwargs or {}),
+            )
+        self._start_valid_set = valid_set
+        super().fit(
+            epoch_counter,
+            train_set,
+            valid_set,
+            progressbar=progressbar,
+            train_loader_kwargs=train_loader_kwargs or {},
+        )
+        # What training did, before a test loads the best checkpoint (whose
+        # counter and step count are those of its own epoch).
+        self.fit_summary = {
+            "epochs": epoch_counter.current,
+            "stopped_early": bool(getattr(epoch_counter, "should_stop", 0)),
+            "optimizer_steps": self.optimizer_step,
+        }
+
+    def _validate_start(self):
+        """Epoch 0: the dev set on the untrained starting point.
+
+        Only in a fresh run: once any checkpoint exists (this one
+        included), a resumed run has its epoch-0 result already.
+        """
+        valid_set = getattr(self, "_start_valid_set", None)
+        if not self.validates_start or valid_set is None or self.test_only:
+            return
+        if (
+            self.checkpointer is not None
+            and self.checkpointer.find_checkpoint() is not None
+        ):
+            return
+        logger.info("validating the starting point as epoch 0")
+        enable = not self.noprogressbar and (
+            sb.utils.distributed.if_main_process()
+        )
+        self._fit_valid(valid_set=valid_set, epoch=0, enable=enable)
 
     def set_routing(self, batch, stage):
         """Sets the experts' routing for this batch (before the encoder).
@@ -362,7 +443,11 @@ class WhisperExpertsBrain(sb.Brain):
             # `patience` epochs without a lower dev loss. Updated before the
             # save so that a resumed run keeps counting from here; the test
             # still uses the best checkpoint (min dev loss), not the last.
-            self.hparams.epoch_counter.update_metric(stage_loss)
+            counter = self.hparams.epoch_counter
+            if epoch == 0:
+                self._record_start(counter, stage_loss)
+            else:
+                counter.update_metric(stage_loss)
             meta = {k: v for k, v in stats.items() if _is_number(v)}
             self.checkpointer.save_and_keep_only(
                 meta=meta,
@@ -376,6 +461,19 @@ class WhisperExpertsBrain(sb.Brain):
             )
             if sb.utils.distributed.if_main_process():
                 self.write_metrics(stats)
+
+    @staticmethod
+    def _record_start(counter, stage_loss):
+        record = getattr(counter, "update_start_metric", None)
+        if record is None:
+            logger.warning(
+                "%s cannot record the starting point's dev loss: early "
+                "stopping ignores it (use speechbrain_lora_experts."
+                "checkpointing.EpochCounterWithStopper)",
+                type(counter).__name__,
+            )
+        else:
+            record(float(stage_loss))
 
     def _anneal(self, stage_loss, epoch):
         scheduler = getattr(self.hparams, "lr_annealing", None)
@@ -399,17 +497,30 @@ class WhisperExpertsBrain(sb.Brain):
                     "languages": self.languages,
                     "language_aware": self.language_aware,
                     "test_loss": stats["loss"],
-                    "epochs": self.hparams.epoch_counter.current,
-                    "stopped_early": bool(
-                        getattr(self.hparams.epoch_counter, "should_stop", 0)
-                    ),
-                    "optimizer_steps": self.optimizer_step,
+                    **self._training_summary(),
+                    "best_epoch": self.hparams.epoch_counter.current,
                     "dev_curve": self.dev_curve.points,
                     "train_loss_history": getattr(self, "loss_history", []),
                 },
                 f,
                 indent=2,
             )
+
+    def _training_summary(self):
+        """Epochs, early stop and optimizer steps of the training run.
+
+        From ``fit`` when it ran in this process; otherwise (test only) from
+        the checkpoint the test loaded.
+        """
+        summary = getattr(self, "fit_summary", None)
+        if summary is not None:
+            return dict(summary)
+        counter = self.hparams.epoch_counter
+        return {
+            "epochs": counter.current,
+            "stopped_early": bool(getattr(counter, "should_stop", 0)),
+            "optimizer_steps": self.optimizer_step,
+        }
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         """Keeps the training loss curve (shown in run.json)."""
@@ -422,6 +533,7 @@ class WhisperExpertsBrain(sb.Brain):
         """Logs the parameter report before training."""
         super().on_fit_start()  # recovers the checkpoint, if any
         self.dev_curve.load(up_to_epoch=self.hparams.epoch_counter.current)
+        self._validate_start()
         if self.experts is not None:
             logger.info("expert pool: %s", self.experts.parameter_report())
 
@@ -616,8 +728,9 @@ class DistillBrain(WhisperExpertsBrain):
     Hparams: ``distill_weight`` (lambda, in [0, 1]), ``distill_temperature``
     (T), ``distill_anchor_weight`` (mu >= 0, default 0),
     ``multilingual_teacher`` / ``multilingual_teacher_weight`` (beta, in
-    [0, 1], default 0.5), ``student_init`` (read when the pool attaches).
-    The weights are checked when the Brain is made.
+    [0, 1], default 0.5), ``student_init`` (read when the pool attaches;
+    it also turns ``validate_before_training`` on unless that is set). The
+    weights are checked when the Brain is made.
 
     Arguments
     ---------
@@ -663,6 +776,14 @@ class DistillBrain(WhisperExpertsBrain):
         if self.multilingual_slot is None:
             return 0.0
         return float(getattr(self.hparams, "multilingual_teacher_weight", 0.5))
+
+    @property
+    def validates_start(self):
+        """Validates the start as epoch 0 (by default: with student_init)."""
+        value = getattr(self.hparams, "validate_before_training", None)
+        if value is None:
+            return bool(getattr(self.hparams, "student_init", None))
+        return bool(value)
 
     def set_routing(self, batch, stage):
         """The student is what trains and what is evaluated."""
