@@ -570,20 +570,57 @@ def run_one(args, task):
     return None if name in args.failed else seconds
 
 
-def _next_ready(remaining, finished):
-    """The first planned run whose inputs have all finished, or None."""
-    for key, task in remaining.items():
-        if all(dep in finished for dep in task["deps"]):
-            return key
-    return None
+def _waiting_on(tasks):
+    """``key -> number of runs that read it, directly or not``.
+
+    Example
+    -------
+    >>> _waiting_on(
+    ...     {"a": {"deps": set()}, "b": {"deps": {"a"}}, "c": {"deps": {"b"}}}
+    ... )
+    {'a': 2, 'b': 1, 'c': 0}
+    """
+    readers = {key: set() for key in tasks}
+    for key, task in tasks.items():
+        for dep in task["deps"]:
+            readers.setdefault(dep, set()).add(key)
+
+    def below(key, seen):
+        for reader in readers.get(key, ()):
+            if reader not in seen:
+                seen.add(reader)
+                below(reader, seen)
+        return seen
+
+    return {key: len(below(key, set())) for key in tasks}
+
+
+def _next_ready(remaining, finished, waiting=None):
+    """The planned run to start now, or None when none is ready.
+
+    Among the runs whose inputs have all finished, the one most runs wait
+    on (``waiting``, from ``_waiting_on``) goes first, so a chain such as
+    multilingual LoRA -> distillation from it is not queued behind runs
+    nothing reads; ties go in plan order.
+    """
+    ready = [
+        key
+        for key, task in remaining.items()
+        if all(dep in finished for dep in task["deps"])
+    ]
+    if not ready:
+        return None
+    waiting = waiting or {}
+    return max(ready, key=lambda key: waiting.get(key, 0))
 
 
 def run_all(args, tasks):
     """Runs the tasks, ``args.jobs`` at a time, each as soon as it can.
 
     A run starts when a slot is free and every run it reads has finished
-    (in plan order among the ready ones), so one long run does not hold
-    back the runs that do not need it. Independent runs share one GPU
+    (among the ready ones, those other runs wait on first, then plan
+    order), so one long run does not hold back the runs that do not need
+    it. Independent runs share one GPU
     well: a whisper-base step leaves most of it idle, so several processes
     overlap their kernels.
 
@@ -603,9 +640,10 @@ def run_all(args, tasks):
         else:
             remaining[key] = task
     slots = max(1, args.jobs)
+    waiting = _waiting_on(tasks)
     with ThreadPoolExecutor(max_workers=slots) as pool:
         while remaining or running:
-            key = _next_ready(remaining, seconds)
+            key = _next_ready(remaining, seconds, waiting)
             if key is not None and len(running) < slots:
                 task = remaining.pop(key)
                 lost = [d for d in task["deps"] if seconds[d] is None]
@@ -1172,8 +1210,8 @@ def estimate_seconds(args, tasks):
 
 def simulate_schedule(tasks, seconds, jobs):
     """Wall seconds of :func:`run_all` on ``jobs`` workers: each run starts
-    when a worker is free and its inputs have finished (plan order among
-    the ready ones).
+    when a worker is free and its inputs have finished (among the ready
+    ones, those other runs wait on first, then plan order).
 
     Example
     -------
@@ -1187,13 +1225,22 @@ def simulate_schedule(tasks, seconds, jobs):
     >>> tasks["d"] = {"deps": {"b"}}  # starts when b ends, beside a
     >>> simulate_schedule(tasks, {"a": 10, "b": 4, "c": 5, "d": 6}, jobs=2)
     15
+    >>> chain = {  # z reads y: y starts first, though planned last
+    ...     "w": {"deps": set()},
+    ...     "x": {"deps": set()},
+    ...     "y": {"deps": set()},
+    ...     "z": {"deps": {"y"}},
+    ... }
+    >>> simulate_schedule(chain, {"w": 10, "x": 10, "y": 2, "z": 10}, jobs=2)
+    20
     """
     remaining, ends, now = dict(tasks), {}, 0
+    waiting = _waiting_on(tasks)
     workers = [0] * max(1, jobs)  # when each worker is free
     while remaining:
         now = max(now, min(workers))
         finished = {k for k, end in ends.items() if end <= now}
-        key = _next_ready(remaining, finished)
+        key = _next_ready(remaining, finished, waiting)
         if key is None:
             # Nothing can start before the next running run ends.
             later = [end for end in ends.values() if end > now]
