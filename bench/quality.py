@@ -148,8 +148,14 @@ SHARED = "{run:multilingual_lora/aware}/model/experts/multilingual"
 # The multilingual LoRA of the run's own scenario.
 MULTILINGUAL = "{run:multilingual_lora}/model/experts/multilingual"
 LEAD_POOLS = {
-    # Residual experts trained on top of the shared multilingual LoRA.
-    "shared": dict(hparams="expert.yaml", overrides={"shared_adapter": SHARED}),
+    # Residual experts trained on top of the shared multilingual LoRA. Each
+    # starts at zero, i.e. exactly at the shared model, and validates that
+    # start as epoch 0: on its language's dev set an expert never ends
+    # below the multilingual LoRA it refines.
+    "shared": dict(
+        hparams="expert.yaml",
+        overrides={"shared_adapter": SHARED, "validate_before_training": True},
+    ),
 }
 LEAD_SYSTEMS = {
     "shared_expert_oracle": dict(

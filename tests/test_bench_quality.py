@@ -204,6 +204,8 @@ def test_systems_reference_other_runs(tmp_path):
     adapter = os.path.join(ml_out, "model", "experts", "multilingual")
     expert = tasks[("expert", "shared", "de", 1)]
     assert expert["overrides"]["shared_adapter"] == adapter
+    # Starts at the shared model exactly: its dev result is epoch 0.
+    assert expert["overrides"]["validate_before_training"] is True
     assert expert["deps"] == {ml_key}
     assert expert["out"].endswith(os.path.join("seed1", "shared_expert_de"))
     oracle = tasks[("system", "shared_expert_oracle", "aware", 1)]

@@ -1,0 +1,330 @@
+"""Tunes the generalist distillation's weights on the dev set (issue 9).
+
+The "distill_generalist" system of ``bench/quality.py`` (student started
+from the multilingual LoRA, teachers = experts mixed with the multilingual
+LoRA, KL anchor to the base Whisper) has four knobs: lambda
+(``distill_weight``), T (``distill_temperature``), beta
+(``multilingual_teacher_weight``) and mu (``distill_anchor_weight``). This
+script runs one distillation per point of a grid and picks the point with
+the lowest dev macro error rate (dev loss breaks ties), never looking at a
+test set: the test numbers of the chosen point are then the ones to
+report, through ``bench/quality.py --recipe_override``.
+
+The expert pool and the multilingual LoRA do not depend on these knobs:
+every point reuses the finished runs of a ``bench/quality.py`` work folder
+(``--base_work``; linked, not copied) and trains only its distillation, in
+``<work>/<point>/``. Each point keeps its start (the multilingual LoRA) as
+epoch 0 (``validate_before_training``), so a point that never improves on
+dev reports the start's error rate.
+
+Usage::
+
+    python bench/tune_distill.py --whisper ~/.cache/lora-experts/whisper-base \\
+        --base_work bench/work/quality_small \\
+        --grid "distill_weight=0.3,0.7;distill_anchor_weight=0,0.3" \\
+        [--setting small] [--seed 1] [--scenario aware] [--dry_run]
+
+Writes ``<out>/<name>.json`` and ``.md``: every point's dev curve, best
+dev error rate and loss, and the chosen point.
+
+Authors
+ * speechbrain-lora-experts developers 2026
+"""
+
+import argparse
+import itertools
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import quality  # noqa: E402
+from provenance import public_name  # noqa: E402
+
+SYSTEM = "distill_generalist"
+KNOBS = (
+    "distill_weight",
+    "distill_temperature",
+    "multilingual_teacher_weight",
+    "distill_anchor_weight",
+)
+
+
+def parse_grid(text):
+    """``"a=1,2;b=3"`` -> list of ``{"a": "1", "b": "3"}`` points.
+
+    Arguments
+    ---------
+    text : str
+        ``;``-separated ``KNOB=v1,v2`` items, knobs from ``KNOBS``.
+
+    Returns
+    -------
+    list of dict
+        Every combination, in the order given.
+
+    Example
+    -------
+    >>> parse_grid("distill_weight=0.3,0.7;distill_anchor_weight=0")
+    [{'distill_weight': '0.3', 'distill_anchor_weight': '0'}, \
+{'distill_weight': '0.7', 'distill_anchor_weight': '0'}]
+    >>> parse_grid("lr=1")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown knob 'lr' in --grid; choose from distill_weight, \
+distill_temperature, multilingual_teacher_weight, distill_anchor_weight
+    """
+    axes = []
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        knob, _, values = item.partition("=")
+        knob = knob.strip()
+        if knob not in KNOBS:
+            raise ValueError(
+                f"unknown knob {knob!r} in --grid; choose from "
+                + ", ".join(KNOBS)
+            )
+        values = [v.strip() for v in values.split(",") if v.strip()]
+        if not values:
+            raise ValueError(f"no values for {knob!r} in --grid")
+        axes.append([(knob, v) for v in values])
+    return [dict(combo) for combo in itertools.product(*axes)]
+
+
+def point_name(point):
+    """A folder name for a grid point.
+
+    Example
+    -------
+    >>> point_name({"distill_weight": "0.3", "distill_anchor_weight": "0"})
+    'distill_weight-0.3_distill_anchor_weight-0'
+    """
+    return "_".join(f"{k}-{v}" for k, v in point.items())
+
+
+def link_base_runs(base_work, work, seed, scenario):
+    """Links the inputs every point shares into ``work``.
+
+    The corpus, the expert runs and pool, and the multilingual LoRA of
+    ``base_work/seed<seed>``; they must have finished (``metrics.json``).
+    """
+    src = os.path.join(base_work, f"seed{seed}")
+    dst = os.path.join(work, f"seed{seed}")
+    os.makedirs(dst, exist_ok=True)
+    names = [
+        name
+        for name in sorted(os.listdir(src))
+        if name.startswith("expert_")
+        and not name.startswith("expert_oracle")
+        or name == "pool"
+        or name == f"multilingual_lora_{scenario}"
+    ]
+    if f"multilingual_lora_{scenario}" not in names:
+        raise SystemExit(
+            f"{src} has no multilingual_lora_{scenario}: run bench/quality.py "
+            "there first"
+        )
+    for name in names:
+        if name != "pool" and not os.path.isfile(
+            os.path.join(src, name, "metrics.json")
+        ):
+            raise SystemExit(f"{os.path.join(src, name)} has not finished")
+        link = os.path.join(dst, name)
+        if not os.path.lexists(link):
+            os.symlink(os.path.join(src, name), link)
+    corpus = os.path.join(work, "corpus")
+    if not os.path.lexists(corpus):
+        os.symlink(os.path.join(base_work, "corpus"), corpus)
+
+
+def best_dev(run_folder):
+    """The best dev point of a finished distillation, start included.
+
+    Arguments
+    ---------
+    run_folder : str
+        The run's output folder (``dev_curve.json`` inside).
+
+    Returns
+    -------
+    dict or None
+        ``epoch``, ``loss``, ``error_rate`` of the lowest dev error rate
+        (loss breaks ties; points without an error rate rank by loss
+        after them), plus the whole ``curve``; None before any epoch.
+
+    Example
+    -------
+    >>> import json, os
+    >>> folder = getfixture("tmp_path")
+    >>> curve = [
+    ...     {"epoch": 0, "loss": 0.7, "error_rate": 30.0},
+    ...     {"epoch": 1, "loss": 0.8, "error_rate": 28.0},
+    ... ]
+    >>> _ = (folder / "dev_curve.json").write_text(json.dumps(curve))
+    >>> best = best_dev(str(folder))
+    >>> best["epoch"], best["error_rate"]
+    (1, 28.0)
+    """
+    path = os.path.join(run_folder, "dev_curve.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        curve = json.load(f)
+    if not curve:
+        return None
+
+    def rank(point):
+        rate = point.get("error_rate")
+        return (rate is None, rate if rate is not None else 0, point["loss"])
+
+    best = min(curve, key=rank)
+    return dict(best, curve=curve)
+
+
+def parse_args(argv=None):
+    """Command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--whisper", required=True)
+    parser.add_argument("--base_work", required=True)
+    parser.add_argument("--grid", required=True)
+    parser.add_argument("--setting", default="small")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--scenario", default="aware")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument(
+        "--work", default=os.path.join(HERE, "work", "tune_distill")
+    )
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--name", default="tune_distill")
+    parser.add_argument("--dry_run", action="store_true")
+    return parser.parse_args(argv)
+
+
+def point_argv(args, point, work):
+    """``bench/quality.py`` arguments of one grid point."""
+    argv = [
+        f"--setting={args.setting}",
+        f"--whisper={args.whisper}",
+        f"--seeds={args.seed}",
+        f"--scenarios={args.scenario}",
+        f"--systems={SYSTEM}",
+        f"--jobs={args.jobs}",
+        f"--work={work}",
+        f"--out={os.path.join(work, 'results')}",
+        # Dev error rate each epoch: what the point is chosen by.
+        "--recipe_override=valid_search_interval=1",
+    ]
+    argv += [f"--recipe_override={k}={v}" for k, v in point.items()]
+    return argv
+
+
+def write_markdown(path, result):
+    """The grid as a table, best dev point first."""
+    lines = [
+        "# Generalist distillation tuned on dev",
+        "",
+        f"System `{SYSTEM}` of `bench/quality.py`, setting "
+        f"{result['setting']}, seed {result['seed']}, {result['scenario']}; "
+        "expert pool and multilingual LoRA shared by every point. Chosen by "
+        "the lowest dev macro error rate (start = epoch 0 included), dev "
+        "loss breaking ties. No test set is read.",
+        "",
+        "| point | best epoch | dev error rate | dev loss | start (epoch 0) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in result["points"]:
+        best = row["best"]
+        if best is None:
+            lines.append(f"| {row['name']} | – | not run | – | – |")
+            continue
+        start = next((p for p in best["curve"] if p["epoch"] == 0), None)
+        rate = best.get("error_rate")
+        lines.append(
+            f"| {row['name']} | {best['epoch']} | "
+            + ("–" if rate is None else f"{rate:.1f}")
+            + f" | {best['loss']:.3f} | "
+            + (
+                "–"
+                if start is None or start.get("error_rate") is None
+                else f"{start['error_rate']:.1f}"
+            )
+            + " |"
+        )
+    chosen = result.get("chosen")
+    lines += [
+        "",
+        f"Chosen: `{chosen}`." if chosen else "Chosen: none (no point ran).",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+    ]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+
+
+def main(argv=None):
+    """Runs the grid (or, with ``--dry_run``, lists its commands)."""
+    args = parse_args(argv)
+    args.base_work = os.path.abspath(os.path.expanduser(args.base_work))
+    args.work = os.path.abspath(os.path.expanduser(args.work))
+    points = parse_grid(args.grid)
+    rows = []
+    for point in points:
+        name = point_name(point)
+        work = os.path.join(args.work, name)
+        point_args = point_argv(args, point, work)
+        if args.dry_run:
+            print("python bench/quality.py " + " ".join(point_args))
+            continue
+        link_base_runs(args.base_work, work, args.seed, args.scenario)
+        quality.main(point_args)
+        run = os.path.join(
+            work, f"seed{args.seed}", f"{SYSTEM}_{args.scenario}"
+        )
+        rows.append(dict(name=name, point=point, best=best_dev(run)))
+    if args.dry_run:
+        return None
+    ranked = sorted(
+        (row for row in rows if row["best"] is not None),
+        key=lambda row: (
+            row["best"].get("error_rate") is None,
+            row["best"].get("error_rate") or 0,
+            row["best"]["loss"],
+        ),
+    )
+    names = {
+        os.path.abspath(os.path.expanduser(args.whisper)): "<whisper>",
+        args.base_work: "<base_work>",
+        args.work: "<work>",
+        os.path.abspath(args.out): "<out>",
+        os.path.expanduser("~"): "~",
+    }
+    command = quality.command_line(
+        argv if argv is not None else sys.argv[1:], names
+    ).replace("bench/quality.py", "bench/tune_distill.py", 1)
+    commit, dirty = quality.git_commit()
+    result = dict(
+        benchmark="tune_distill",
+        command=command,
+        commit=commit,
+        uncommitted_changes=dirty,
+        setting=args.setting,
+        seed=args.seed,
+        scenario=args.scenario,
+        whisper=public_name(args.whisper),
+        grid=args.grid,
+        points=ranked + [row for row in rows if row["best"] is None],
+        chosen=ranked[0]["name"] if ranked else None,
+    )
+    os.makedirs(args.out, exist_ok=True)
+    with open(
+        os.path.join(args.out, f"{args.name}.json"), "w", encoding="utf-8"
+    ) as f:
+        json.dump(result, f, indent=2)
+    write_markdown(os.path.join(args.out, f"{args.name}.md"), result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
