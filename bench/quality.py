@@ -476,6 +476,8 @@ def plan_runs(args):
                             value, folders, "aware", args
                         )
                         deps |= more
+                    # The command line wins over the pool's own values.
+                    values.update(args.recipe_overrides)
                     deps = _task_deps(deps, task_of, pending, seed)
                     tasks[("expert", what, lang, seed)] = dict(
                         hparams=spec["hparams"],
@@ -507,6 +509,8 @@ def plan_runs(args):
             for key, value in spec.get("overrides", {}).items():
                 values[key], more = resolve(value, folders, scenario, args)
                 deps |= _task_deps(more, task_of, pending, seed)
+            # The command line wins over the system's own values.
+            values.update(args.recipe_overrides)
             tasks[("system", system, scenario, seed)] = dict(
                 hparams=spec["hparams"],
                 out=out,

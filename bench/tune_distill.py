@@ -4,7 +4,8 @@ The "distill_generalist" system of ``bench/quality.py`` (student started
 from the multilingual LoRA, teachers = experts mixed with the multilingual
 LoRA, KL anchor to the base Whisper) has four knobs: lambda
 (``distill_weight``), T (``distill_temperature``), beta
-(``multilingual_teacher_weight``) and mu (``distill_anchor_weight``). This
+(``multilingual_teacher_weight``) and mu (``distill_anchor_weight``),
+plus the learning rate (``lr``). This
 script runs one distillation per point of a grid and picks the point with
 the lowest dev macro error rate (dev loss breaks ties), never looking at a
 test set: the test numbers of the chosen point are then the ones to
@@ -13,7 +14,7 @@ report, through ``bench/quality.py --recipe_override``.
 The expert pool and the multilingual LoRA do not depend on these knobs:
 every point reuses the finished runs of a ``bench/quality.py`` work folder
 (``--base_work``; linked, not copied) and trains only its distillation, in
-``<work>/<point>/``. Each point keeps its start (the multilingual LoRA) as
+``<work>/<point>/``, ``--parallel`` points at a time (one process each). Each point keeps its start (the multilingual LoRA) as
 epoch 0 (``validate_before_training``), so a point that never improves on
 dev reports the start's error rate.
 
@@ -32,9 +33,11 @@ Authors
 """
 
 import argparse
+import concurrent.futures
 import itertools
 import json
 import os
+import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -49,6 +52,8 @@ KNOBS = (
     "distill_temperature",
     "multilingual_teacher_weight",
     "distill_anchor_weight",
+    # A student started from a converged LoRA may want a smaller step.
+    "lr",
 )
 
 
@@ -70,11 +75,12 @@ def parse_grid(text):
     >>> parse_grid("distill_weight=0.3,0.7;distill_anchor_weight=0")
     [{'distill_weight': '0.3', 'distill_anchor_weight': '0'}, \
 {'distill_weight': '0.7', 'distill_anchor_weight': '0'}]
-    >>> parse_grid("lr=1")
+    >>> parse_grid("batch_size=1")
     Traceback (most recent call last):
     ...
-    ValueError: unknown knob 'lr' in --grid; choose from distill_weight, \
-distill_temperature, multilingual_teacher_weight, distill_anchor_weight
+    ValueError: unknown knob 'batch_size' in --grid; choose from \
+distill_weight, distill_temperature, multilingual_teacher_weight, \
+distill_anchor_weight, lr
     """
     axes = []
     for item in filter(None, (part.strip() for part in text.split(";"))):
@@ -191,7 +197,9 @@ def parse_args(argv=None):
     parser.add_argument("--setting", default="small")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--scenario", default="aware")
-    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument(
+        "--parallel", type=int, default=2, help="grid points at a time"
+    )
     parser.add_argument(
         "--work", default=os.path.join(HERE, "work", "tune_distill")
     )
@@ -209,7 +217,7 @@ def point_argv(args, point, work):
         f"--seeds={args.seed}",
         f"--scenarios={args.scenario}",
         f"--systems={SYSTEM}",
-        f"--jobs={args.jobs}",
+        "--jobs=1",
         f"--work={work}",
         f"--out={os.path.join(work, 'results')}",
         # Dev error rate each epoch: what the point is chosen by.
@@ -217,6 +225,16 @@ def point_argv(args, point, work):
     ]
     argv += [f"--recipe_override={k}={v}" for k, v in point.items()]
     return argv
+
+
+def run_point(argv):
+    """One grid point: ``bench/quality.py`` in its own process.
+
+    Its exit status is not checked: a failed point has no dev curve and
+    is listed as not run.
+    """
+    command = [sys.executable, os.path.join(HERE, "quality.py"), *argv]
+    return subprocess.run(command, check=False).returncode
 
 
 def write_markdown(path, result):
@@ -269,22 +287,24 @@ def main(argv=None):
     args.base_work = os.path.abspath(os.path.expanduser(args.base_work))
     args.work = os.path.abspath(os.path.expanduser(args.work))
     points = parse_grid(args.grid)
-    rows = []
-    for point in points:
-        name = point_name(point)
-        work = os.path.join(args.work, name)
-        point_args = point_argv(args, point, work)
-        if args.dry_run:
-            print("python bench/quality.py " + " ".join(point_args))
-            continue
+    works = [os.path.join(args.work, point_name(p)) for p in points]
+    commands = [point_argv(args, p, w) for p, w in zip(points, works)]
+    if args.dry_run:
+        for argv_point in commands:
+            print("python bench/quality.py " + " ".join(argv_point))
+        return None
+    for work in works:
         link_base_runs(args.base_work, work, args.seed, args.scenario)
-        quality.main(point_args)
+    with concurrent.futures.ThreadPoolExecutor(max(1, args.parallel)) as ex:
+        list(ex.map(run_point, commands))
+    rows = []
+    for point, work in zip(points, works):
         run = os.path.join(
             work, f"seed{args.seed}", f"{SYSTEM}_{args.scenario}"
         )
-        rows.append(dict(name=name, point=point, best=best_dev(run)))
-    if args.dry_run:
-        return None
+        rows.append(
+            dict(name=point_name(point), point=point, best=best_dev(run))
+        )
     ranked = sorted(
         (row for row in rows if row["best"] is not None),
         key=lambda row: (

@@ -216,6 +216,15 @@ def test_systems_reference_other_runs(tmp_path):
         ml_key,  # its own shared_adapter
     }
     assert quality.resolve("{arg:max_steps}", {}, "aware", args) == (120, set())
+    # --recipe_override wins over a system's own values (dev tuning).
+    tuned = _args(
+        tmp_path,
+        systems="distill_generalist",
+        recipe_override="distill_anchor_weight=0",
+    )
+    run = quality.plan_runs(tuned)[("system", "distill_generalist", "aware", 1)]
+    assert run["overrides"]["distill_anchor_weight"] == "0"
+    assert run["overrides"]["multilingual_teacher_weight"] == 0.3
     with pytest.raises(ValueError, match="names no run"):
         quality.resolve("{run:nope}", {}, "aware", args)
 

@@ -64,7 +64,7 @@ def test_grid_runs_each_point_on_shared_inputs_and_picks_by_dev(
         with open(os.path.join(run, "metrics.json"), "w") as f:
             json.dump({"macro": 0.0 if key == ("0.7", "0") else 50.0}, f)
 
-    monkeypatch.setattr(tune_distill.quality, "main", fake_quality_main)
+    monkeypatch.setattr(tune_distill, "run_point", fake_quality_main)
     out = tmp_path / "results"
     result = tune_distill.main(
         [
@@ -73,6 +73,7 @@ def test_grid_runs_each_point_on_shared_inputs_and_picks_by_dev(
             "--grid=distill_weight=0.3,0.7;distill_anchor_weight=0,0.3",
             f"--work={tmp_path / 'tune'}",
             f"--out={out}",
+            "--parallel=2",
         ]
     )
     assert len(calls) == 4
@@ -107,5 +108,5 @@ def test_unfinished_base_runs_are_refused(tmp_path):
 
 
 def test_unknown_knobs_are_refused():
-    with pytest.raises(ValueError, match="unknown knob 'lr'"):
-        tune_distill.parse_grid("lr=1")
+    with pytest.raises(ValueError, match="unknown knob 'batch_size'"):
+        tune_distill.parse_grid("batch_size=1")
