@@ -1671,6 +1671,23 @@ def report_text(args, result, summary, training, experts):
         "seeds both finished (count in brackets), with its paired interval. "
         "Steps = optimizer steps of the first seed's run; dev loss per epoch.",
     ]
+    unfinished = [
+        (
+            f"{run['system']}/{run['scenario']}"
+            if "system" in run
+            else f"{run['pool']} expert {run['language']}"
+        )
+        + f" (seed {run['seed']})"
+        for run in result["runs"]
+        if not run["finished"]
+    ]
+    if unfinished:
+        text += [
+            "",
+            "Not finished, so absent from the tables: "
+            + ", ".join(unfinished)
+            + ".",
+        ]
     for test, (_, _, title) in TESTS.items():
         if test not in summary:
             continue

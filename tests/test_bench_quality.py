@@ -318,7 +318,7 @@ def test_report_from_fabricated_runs(tmp_path):
         f"--cv={tmp_path / 'cv'}",
         f"--other_synth={tmp_path / 'festival'}",
         "--languages=de,it",
-        "--systems=multilingual_lora,distillation",
+        "--systems=multilingual_lora,distillation,zero_shot",
         "--scenarios=aware",
         "--seeds=1",
         "--bootstrap=200",
@@ -372,6 +372,11 @@ def test_report_from_fabricated_runs(tmp_path):
     assert "8 · 0.64→0.48" in markdown
     assert "4 · (start) · 0.75→0.70" in markdown
     assert "absent: de" in markdown
+    # A system asked for but never run is named, not silently dropped.
+    assert (
+        "Not finished, so absent from the tables: plain expert de (seed 1), "
+        "plain expert it (seed 1), zero_shot/aware (seed 1)." in markdown
+    )
 
 
 def test_runs_start_as_soon_as_their_inputs_are_done(tmp_path, monkeypatch):
