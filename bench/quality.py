@@ -630,9 +630,8 @@ def run_all(args, tasks):
     A run starts when a slot is free and every run it reads has finished
     (among the ready ones, those other runs wait on first, then plan
     order), so one long run does not hold back the runs that do not need
-    it. Independent runs share one GPU
-    well: a whisper-base step leaves most of it idle, so several processes
-    overlap their kernels.
+    it. Independent runs share one GPU well: a whisper-base step leaves
+    most of it idle, so several processes overlap their kernels.
 
     Returns
     -------
