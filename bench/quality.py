@@ -28,8 +28,9 @@ trained run gets as many epochs as fit in it, from its training-set size
 and batch size (an expert sees 1/N of the data, so it gets about N times
 the epochs of the multilingual LoRA).
 
-Every run writes its own folder and is skipped when its ``metrics.json``
-exists, so an interrupted benchmark resumes where it stopped. Results
+Every run writes its own folder and is skipped when it finished (its
+``metrics.json`` written and its model exported after it: ``run_finished``),
+so an interrupted benchmark resumes where it stopped. Results
 (``<out>/<name>.json`` and ``.md``) record the command, commit, setting,
 corpus provenance, every run's optimizer steps and dev-loss curve, and no
 machine paths.
@@ -541,6 +542,48 @@ def _run_name(args, out):
     return os.path.relpath(out, args.work).replace(os.sep, "_")
 
 
+def run_finished(out):
+    """Whether the recipe run in ``out`` ran to its end.
+
+    The recipe writes ``metrics.json`` after its first test and exports
+    ``model/model.json`` after its last one: a run stopped during a later
+    test set, or resumed for more epochs after an earlier export, has no
+    export newer than its metrics.
+
+    Arguments
+    ---------
+    out : str
+        The run's output folder.
+
+    Returns
+    -------
+    bool
+        The state.
+
+    Example
+    -------
+    >>> import os, time
+    >>> out = getfixture("tmp_path")
+    >>> (out / "model").mkdir()
+    >>> _ = (out / "model" / "model.json").write_text("{}")
+    >>> time.sleep(0.01)
+    >>> _ = (out / "metrics.json").write_text("{}")
+    >>> run_finished(str(out))  # tested again after the last export
+    False
+    >>> time.sleep(0.01)
+    >>> _ = (out / "model" / "model.json").write_text("{}")
+    >>> run_finished(str(out))
+    True
+    """
+    metrics = os.path.join(out, "metrics.json")
+    model = os.path.join(out, "model", "model.json")
+    return (
+        os.path.isfile(metrics)
+        and os.path.isfile(model)
+        and os.path.getmtime(model) >= os.path.getmtime(metrics)
+    )
+
+
 def run_one(args, task):
     """One recipe run, unless already done; seconds, or None if failed.
 
@@ -548,7 +591,7 @@ def run_one(args, task):
     readable logs.
     """
     out = task["out"]
-    if os.path.isfile(os.path.join(out, "metrics.json")):
+    if run_finished(out):
         return 0.0
     if args.collect_only:
         return None
@@ -644,7 +687,7 @@ def run_all(args, tasks):
     for key, task in tasks.items():
         # Finished earlier: done now, without waiting for a slot (a slot
         # held by a long run would hold back the runs that read it).
-        if os.path.isfile(os.path.join(task["out"], "metrics.json")):
+        if run_finished(task["out"]):
             seconds[key] = 0.0
         else:
             remaining[key] = task
@@ -656,9 +699,7 @@ def run_all(args, tasks):
             if key is not None and len(running) < slots:
                 task = remaining.pop(key)
                 lost = [d for d in task["deps"] if seconds[d] is None]
-                if lost and not os.path.isfile(
-                    os.path.join(task["out"], "metrics.json")
-                ):
+                if lost and not run_finished(task["out"]):
                     seconds[key] = None
                     if not args.collect_only:
                         args.failed[_run_name(args, task["out"])] = (
@@ -1529,7 +1570,7 @@ def main(argv=None):
     finished, training, experts = {}, {}, {}
     runs = []
     for key, task in tasks.items():
-        done = os.path.isfile(os.path.join(task["out"], "metrics.json"))
+        done = run_finished(task["out"])
         record = training_record(task, seconds.get(key)) if done else None
         if key[0] == "expert":
             _, pool, lang, seed = key

@@ -113,7 +113,8 @@ def link_base_runs(base_work, work, seed, scenario):
     """Links the inputs every point shares into ``work``.
 
     The corpus, the expert runs and pool, and the multilingual LoRA of
-    ``base_work/seed<seed>``; they must have finished (``metrics.json``).
+    ``base_work/seed<seed>``; they must have finished
+    (``quality.run_finished``).
     """
     src = os.path.join(base_work, f"seed{seed}")
     dst = os.path.join(work, f"seed{seed}")
@@ -132,9 +133,7 @@ def link_base_runs(base_work, work, seed, scenario):
             "there first"
         )
     for name in names:
-        if name != "pool" and not os.path.isfile(
-            os.path.join(src, name, "metrics.json")
-        ):
+        if name != "pool" and not quality.run_finished(os.path.join(src, name)):
             raise SystemExit(f"{os.path.join(src, name)} has not finished")
         link = os.path.join(dst, name)
         if not os.path.lexists(link):

@@ -54,6 +54,9 @@ def _write_run(
                 valid_stats={"loss": dev},
                 verbose=False,
             )
+    # The recipe exports its model after its last test.
+    os.makedirs(folder / "model", exist_ok=True)
+    (folder / "model" / "model.json").write_text("{}")
     if n_train:
         os.makedirs(folder / "data", exist_ok=True)
         rows = [f"u{i},1.0,x.wav,s,w,de" for i in range(n_train)]
@@ -388,6 +391,8 @@ def test_runs_start_as_soon_as_their_inputs_are_done(tmp_path, monkeypatch):
     finished = tmp_path / "b"
     finished.mkdir()
     (finished / "metrics.json").write_text("{}")
+    (finished / "model").mkdir()
+    (finished / "model" / "model.json").write_text("{}")
     tasks = {
         "a": dict(out=str(tmp_path / "a"), deps=set()),
         "b": dict(out=str(finished), deps=set()),

@@ -18,6 +18,8 @@ def _base_work(root):
     for name in ("expert_de", "expert_it", "multilingual_lora_aware"):
         (seed / name).mkdir(parents=True)
         (seed / name / "metrics.json").write_text("{}")
+        (seed / name / "model").mkdir()
+        (seed / name / "model" / "model.json").write_text("{}")
     (seed / "pool" / "de").mkdir(parents=True)
     (seed / "expert_oracle_aware").mkdir()  # a system: not linked
     (root / "corpus").mkdir()
