@@ -7,6 +7,7 @@ Authors
  * speechbrain-lora-experts developers 2026
 """
 
+import json
 import os
 
 
@@ -36,3 +37,40 @@ def public_name(path):
     if not os.path.isabs(os.path.expanduser(path)):
         return path
     return os.path.basename(os.path.normpath(os.path.expanduser(path)))
+
+
+def save_result(out, name, result, write_markdown):
+    """Writes ``<out>/<name>.json`` and, through ``write_markdown``, ``.md``.
+
+    Arguments
+    ---------
+    out : str
+        The results folder (made if missing).
+    name : str
+        The files' name without extension.
+    result : dict
+        What the JSON holds (and the markdown is made from).
+    write_markdown : callable
+        ``write_markdown(path, result)``.
+
+    Returns
+    -------
+    str
+        The markdown file's path.
+
+    Example
+    -------
+    >>> out = str(getfixture("tmp_path"))
+    >>> def table(path, result):
+    ...     with open(path, "w") as f:
+    ...         f.write(f"| x | {result['x']} |")
+    >>> md = save_result(out, "demo", {"x": 1}, table)
+    >>> open(md).read(), sorted(os.listdir(out))
+    ('| x | 1 |', ['demo.json', 'demo.md'])
+    """
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{name}.json"), "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+    path = os.path.join(out, f"{name}.md")
+    write_markdown(path, result)
+    return path

@@ -452,7 +452,6 @@ def plan_runs(args):
             )
             if args.max_utterances:
                 values["max_utterances"] = args.max_utterances
-            values.update(args.recipe_overrides)
             return values, epochs
 
         pending = [(("pool", p), p) for p in pools]
@@ -562,7 +561,7 @@ def run_finished(out):
 
     Example
     -------
-    >>> import os, time
+    >>> import time
     >>> out = getfixture("tmp_path")
     >>> (out / "model").mkdir()
     >>> _ = (out / "model" / "model.json").write_text("{}")
@@ -648,7 +647,7 @@ def _waiting_on(tasks):
     return {key: len(below(key, set())) for key in tasks}
 
 
-def _next_ready(remaining, finished, waiting=None):
+def _next_ready(remaining, finished, waiting):
     """The planned run to start now, or None when none is ready.
 
     Among the runs whose inputs have all finished, the one most runs wait
@@ -663,8 +662,7 @@ def _next_ready(remaining, finished, waiting=None):
     ]
     if not ready:
         return None
-    waiting = waiting or {}
-    return max(ready, key=lambda key: waiting.get(key, 0))
+    return max(ready, key=lambda key: waiting[key])
 
 
 def run_all(args, tasks):
@@ -1188,8 +1186,9 @@ def scrub(value, names):
     return value
 
 
-def command_line(argv, names):
-    """How this benchmark was started, paths named as in :func:`scrub`.
+def command_line(argv, names, script="bench/quality.py"):
+    """How a benchmark was started, paths named as in :func:`scrub`;
+    ``script``: the benchmark's path in the repository.
 
     Example
     -------
@@ -1208,7 +1207,7 @@ def command_line(argv, names):
         return scrub(token, names)
 
     words = [named(a) for a in argv]
-    return "python bench/quality.py " + " ".join(shlex.quote(w) for w in words)
+    return f"python {script} " + " ".join(shlex.quote(w) for w in words)
 
 
 # ------------------------------------------------------------ estimate ----

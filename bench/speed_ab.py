@@ -39,7 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from provenance import public_name  # noqa: E402
+from provenance import public_name, save_result  # noqa: E402
 
 DEFAULT_SPEED_ARGS = "--window 30 --experts 8 --repeats 3"
 
@@ -253,13 +253,8 @@ def main(argv=None):
         rows=summarize(reference_runs, current_runs, args.tolerance),
         wall_s=time.time() - start,
     )
-    os.makedirs(args.out, exist_ok=True)
-    with open(
-        os.path.join(args.out, f"{args.name}.json"), "w", encoding="utf-8"
-    ) as f:
-        json.dump(result, f, indent=2)
-    write_markdown(os.path.join(args.out, f"{args.name}.md"), result)
-    log(f"wrote {args.out}/{args.name}.md")
+    path = save_result(args.out, args.name, result, write_markdown)
+    log(f"wrote {path}")
 
 
 if __name__ == "__main__":

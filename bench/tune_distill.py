@@ -44,7 +44,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import quality  # noqa: E402
-from provenance import public_name  # noqa: E402
+from provenance import public_name, save_result  # noqa: E402
 
 SYSTEM = "distill_generalist"
 KNOBS = (
@@ -178,13 +178,24 @@ def best_dev(run_folder):
         curve = json.load(f)
     if not curve:
         return None
+    return dict(min(curve, key=dev_rank), curve=curve)
 
-    def rank(point):
-        rate = point.get("error_rate")
-        return (rate is None, rate if rate is not None else 0, point["loss"])
 
-    best = min(curve, key=rank)
-    return dict(best, curve=curve)
+def dev_rank(point):
+    """Sort key of a dev point: error rate, then loss; no rate ranks last.
+
+    Example
+    -------
+    >>> points = [
+    ...     {"loss": 0.1},
+    ...     {"loss": 0.9, "error_rate": 20.0},
+    ...     {"loss": 0.5, "error_rate": 20.0},
+    ... ]
+    >>> [p["loss"] for p in sorted(points, key=dev_rank)]
+    [0.5, 0.9, 0.1]
+    """
+    rate = point.get("error_rate")
+    return (rate is None, rate if rate is not None else 0, point["loss"])
 
 
 def parse_args(argv=None):
@@ -306,11 +317,7 @@ def main(argv=None):
         )
     ranked = sorted(
         (row for row in rows if row["best"] is not None),
-        key=lambda row: (
-            row["best"].get("error_rate") is None,
-            row["best"].get("error_rate") or 0,
-            row["best"]["loss"],
-        ),
+        key=lambda row: dev_rank(row["best"]),
     )
     names = {
         os.path.abspath(os.path.expanduser(args.whisper)): "<whisper>",
@@ -320,8 +327,10 @@ def main(argv=None):
         os.path.expanduser("~"): "~",
     }
     command = quality.command_line(
-        argv if argv is not None else sys.argv[1:], names
-    ).replace("bench/quality.py", "bench/tune_distill.py", 1)
+        argv if argv is not None else sys.argv[1:],
+        names,
+        script="bench/tune_distill.py",
+    )
     commit, dirty = quality.git_commit()
     result = dict(
         benchmark="tune_distill",
@@ -336,12 +345,7 @@ def main(argv=None):
         points=ranked + [row for row in rows if row["best"] is None],
         chosen=ranked[0]["name"] if ranked else None,
     )
-    os.makedirs(args.out, exist_ok=True)
-    with open(
-        os.path.join(args.out, f"{args.name}.json"), "w", encoding="utf-8"
-    ) as f:
-        json.dump(result, f, indent=2)
-    write_markdown(os.path.join(args.out, f"{args.name}.md"), result)
+    save_result(args.out, args.name, result, write_markdown)
     return result
 
 

@@ -94,6 +94,7 @@ def test_grid_runs_each_point_on_shared_inputs_and_picks_by_dev(
     assert result["points"][3]["best"] is None
     written = (out / "tune_distill.json").read_text()
     assert str(tmp_path) not in written
+    assert result["command"].startswith("python bench/tune_distill.py ")
     assert "--base_work=<base_work>" in result["command"]
     markdown = (out / "tune_distill.md").read_text()
     assert "Chosen: `distill_weight-0.3_distill_anchor_weight-0.3`." in markdown

@@ -219,11 +219,7 @@ class WhisperExpertsBrain(sb.Brain):
         )
         # What training did, before a test loads the best checkpoint (whose
         # counter and step count are those of its own epoch).
-        self.fit_summary = {
-            "epochs": epoch_counter.current,
-            "stopped_early": bool(getattr(epoch_counter, "should_stop", 0)),
-            "optimizer_steps": self.optimizer_step,
-        }
+        self.fit_summary = self._progress(epoch_counter)
 
     def _validate_start(self):
         """Epoch 0: the dev set on the untrained starting point.
@@ -506,6 +502,14 @@ class WhisperExpertsBrain(sb.Brain):
                 indent=2,
             )
 
+    def _progress(self, counter):
+        """Epochs, early stop and optimizer steps as they stand now."""
+        return {
+            "epochs": counter.current,
+            "stopped_early": bool(getattr(counter, "should_stop", 0)),
+            "optimizer_steps": self.optimizer_step,
+        }
+
     def _training_summary(self):
         """Epochs, early stop and optimizer steps of the training run.
 
@@ -515,12 +519,7 @@ class WhisperExpertsBrain(sb.Brain):
         summary = getattr(self, "fit_summary", None)
         if summary is not None:
             return dict(summary)
-        counter = self.hparams.epoch_counter
-        return {
-            "epochs": counter.current,
-            "stopped_early": bool(getattr(counter, "should_stop", 0)),
-            "optimizer_steps": self.optimizer_step,
-        }
+        return self._progress(self.hparams.epoch_counter)
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         """Keeps the training loss curve (shown in run.json)."""
