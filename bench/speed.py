@@ -111,8 +111,15 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--train-placements",
-        default="enc+dec,dec",
+        default="enc+dec,enc4+dec,dec",
         help="placements of the trained LoRA",
+    )
+    parser.add_argument(
+        "--prefix-cache",
+        choices=("on", "off"),
+        default="on",
+        help="also train with the frozen-prefix cache where the LoRA "
+        "leaves encoder layers frozen (steady state: entries on disk)",
     )
     parser.add_argument(
         "--top1",
@@ -160,6 +167,7 @@ def parse_args(argv=None):
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--cache-folder", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.windows = [float(w) for w in args.window.split(",") if w.strip()]
@@ -412,17 +420,28 @@ def train_specs(args, teachers):
     """Training systems in measuring order; the first is the baseline."""
     specs = [dict(kind="full", name="full finetune")]
     for place in args.train_placement_names:
-        specs.append(
-            dict(kind="lora", place=place, name=f"expert LoRA [{place}]")
-        )
-        specs.append(
-            dict(
-                kind="distill",
-                place=place,
-                n=len(teachers),
-                name=f"distill, {len(teachers)} teachers [{place}]",
+        caching = [False]
+        if args.prefix_cache == "on" and place != "enc+dec":
+            caching.append(True)  # enc+dec adapts layer 0: nothing to cache
+        for cache in caching:
+            tag = ", cached prefix" if cache else ""
+            specs.append(
+                dict(
+                    kind="lora",
+                    place=place,
+                    cache=cache,
+                    name=f"expert LoRA [{place}]{tag}",
+                )
             )
-        )
+            specs.append(
+                dict(
+                    kind="distill",
+                    place=place,
+                    cache=cache,
+                    n=len(teachers),
+                    name=f"distill, {len(teachers)} teachers [{place}]{tag}",
+                )
+            )
     return specs
 
 
@@ -577,6 +596,12 @@ def build_trainer(spec, whisper, args, teachers):
         brain_class, lr = DistillBrain, 1e-3
     else:
         raise ValueError(f"unknown training system {kind!r}")
+    if spec.get("cache"):
+        hparams.update(
+            prefix_cache=True,
+            prefix_cache_folder=args.cache_folder,
+            prefix_cache_dtype="float16",
+        )
     brain = brain_class(
         modules={"whisper": whisper},
         opt_class=functools.partial(
@@ -674,7 +699,8 @@ def measure_training(args, folder, window, utterances, teachers, log):
     for row in rows:
         row["ratio_vs_full_finetune"] = row["ratio"]
         if row["kind"] == "distill":
-            lora = by_name[f"expert LoRA [{row['place']}]"]
+            tag = ", cached prefix" if row["cache"] else ""
+            lora = by_name[f"expert LoRA [{row['place']}]{tag}"]
             row["baseline"] = lora["system"]
             row["ratio"] = row["seconds"] / lora["seconds"]
     for row in rows:
@@ -691,6 +717,7 @@ def timing_row(spec, times, batch):
         system=spec["name"],
         kind=spec["kind"],
         place=spec.get("place"),
+        cache=bool(spec.get("cache")),
         n_experts=spec.get("n"),
         seconds=statistics.median(per_utt),
         all_seconds=per_utt,
@@ -1125,7 +1152,9 @@ def markdown(result):
             f"utterances, {s['target_tokens']} text tokens each, LoRA "
             f"dropout {s['lora_dropout']:g}. Baseline: "
             "full finetuning; distillation rows are against the plain LoRA "
-            "of the same placement.",
+            "of the same placement (and cache). *cached prefix*: the "
+            "frozen-prefix cache (`prefix_cache`) on, its fp16 entries on "
+            "disk (every epoch after a clip's first).",
             "",
         ]
         lines += timing_table(rows)
@@ -1222,6 +1251,9 @@ def main(argv=None):
         print(f"[{time.time() - started:6.0f} s] {message}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="speed_") as tmp:
+        if args.cache_folder is None:  # memory probes inherit it
+            args.cache_folder = os.path.join(tmp, "prefix_cache")
+            args.argv.append(f"--cache-folder={args.cache_folder}")
         folder = args.whisper
         if folder is None:
             folder = base_shaped_folder(os.path.join(tmp, "whisper"))

@@ -538,6 +538,24 @@ class GateTap:
     def _after_encoder(self, module, args, output):
         self._route(output.last_hidden_state)
 
+    def route_encoder_output(self, enc):
+        """Routes from an encoder output computed without ``forward``.
+
+        For a tap on the encoder output (``layer`` is None) when the
+        caller ran the encoder layers itself (the frozen-prefix cache).
+
+        Arguments
+        ---------
+        enc : torch.Tensor
+            ``[B, T, D]`` encoder output.
+        """
+        if self.layer is not None:
+            raise RuntimeError(
+                f"this tap routes before encoder layer {self.layer}, from "
+                "its hook; it has no encoder-output step"
+            )
+        self._route(enc)
+
     def remove(self):
         """Detaches the hook."""
         self.handle.remove()

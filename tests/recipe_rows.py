@@ -11,8 +11,10 @@ Authors
 
 import csv
 import os
+import subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(ROOT, "recipes", "CommonVoice", "ASR", "lora_experts")
 RECIPE_CSV = os.path.join(ROOT, "tests", "recipes", "CommonVoice.csv")
 # Flags that point a row at the tiny samples and stand in for a pool; the
 # demo-corpus runs replace them with a prepared corpus and a trained pool.
@@ -27,6 +29,22 @@ STANDALONE_FLAGS = {
     "--fleurs_folder",
     "--fleurs_test_csv",
 }
+
+
+def run_in_recipe(command, timeout=600):
+    """Runs ``command`` in the recipe folder, offline, one thread.
+
+    Returns the ``CompletedProcess`` (output captured as text); the caller
+    checks the exit status.
+    """
+    return subprocess.run(
+        command,
+        cwd=RECIPE,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        timeout=timeout,
+    )
 
 
 def recipe_rows():

@@ -56,6 +56,8 @@ def test_speed_benchmark_on_tiny_fixture(tmp_path, tiny_whisper_dir):
         "full finetune",
         "expert LoRA [dec]",
         "distill, 2 teachers [dec]",
+        "expert LoRA [dec], cached prefix",
+        "distill, 2 teachers [dec], cached prefix",
     ]
     for row in decode + train:
         assert _positive(row["seconds"]) and _positive(row["ratio"])
@@ -70,6 +72,8 @@ def test_speed_benchmark_on_tiny_fixture(tmp_path, tiny_whisper_dir):
                 row["seconds"] / seconds[row["baseline"]]
             )
     assert train[2]["baseline"] == "expert LoRA [dec]"
+    assert train[4]["baseline"] == "expert LoRA [dec], cached prefix"
+    assert [row["cache"] for row in train] == [False] * 3 + [True] * 2
     assert train[2]["ratio_vs_full_finetune"] == pytest.approx(
         train[2]["seconds"] / train[0]["seconds"]
     )
@@ -96,6 +100,10 @@ def test_speed_benchmark_on_tiny_fixture(tmp_path, tiny_whisper_dir):
     assert (
         by_name["full finetune"]["state_mb"]
         > (by_name["expert LoRA [dec]"]["state_mb"])
+    )
+    # The cache's entries live on disk, not in the trainer's memory.
+    assert by_name["expert LoRA [dec], cached prefix"]["state_mb"] == (
+        pytest.approx(by_name["expert LoRA [dec]"]["state_mb"], rel=1e-6)
     )
     # After a decode a pool keeps its adapters and nothing derived from the
     # weights: fused = routed + the gate; merged = routed + the merged

@@ -3,14 +3,11 @@
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
 import torch
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPE = os.path.join(ROOT, "recipes", "CommonVoice", "ASR", "lora_experts")
+from recipe_rows import RECIPE, run_in_recipe
 
 # Runs train.py, raising KeyboardInterrupt inside the N-th training step.
 CRASHING_RUN = """
@@ -72,15 +69,7 @@ def flags(root, whisper, out, *extra):
 
 
 def run(command):
-    result = subprocess.run(
-        command,
-        cwd=RECIPE,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
-        timeout=600,
-    )
-    return result
+    return run_in_recipe(command)
 
 
 def adapter(out):

@@ -235,9 +235,25 @@ def build_dataset(
     Traceback (most recent call last):
     ...
     speechbrain_lora_experts.data.pipeline.NoDataError: data ... for ['it'] ...
+    >>> with open(csv_path, "w", encoding="utf-8") as f:  # header only
+    ...     _ = f.write("ID,duration,wav,spk_id,wrd,lang\\n")
+    >>> build_dataset(csv_path, tok, ["de"], name="test")
+    Traceback (most recent call last):
+    ...
+    speechbrain_lora_experts.data.pipeline.NoDataError: test data ... has no utterances: ...
     >>> shutil.rmtree(tmp)
     """
     languages = list(languages)
+    with open(csv_path, encoding="utf-8") as f:
+        has_rows = sum(1 for line in f if line.strip()) > 1
+    if not has_rows:
+        # SpeechBrain fails on an empty CSV with a bare IndexError.
+        raise NoDataError(
+            f"{name} data {csv_path} has no utterances: preparation kept "
+            "no row of this split (its log says why, e.g. clips longer "
+            "than encoder_window_s); fix the data or the options, or give "
+            "this split a CSV of your own"
+        )
     dataset = sb.dataio.dataset.DynamicItemDataset.from_csv(
         # Transcripts may contain "$5": keep unknown $names as text.
         csv_path,

@@ -67,6 +67,7 @@ from speechbrain_lora_experts.distill import (
     prepare_distill_pool,
 )
 from speechbrain_lora_experts.export import export_run
+from speechbrain_lora_experts.frozen_prefix import build_prefix_cache
 from speechbrain_lora_experts.gate import GateTap
 from speechbrain_lora_experts.metrics import MultilingualScorer
 from speechbrain_lora_experts.peft_io import attach_pool
@@ -279,15 +280,49 @@ class WhisperExpertsBrain(sb.Brain):
         return torch.as_tensor(batch.lang_id, device=self.device)
 
     # Forward ----------------------------------------------------------------
+    @property
+    def prefix_cache(self):
+        """The frozen-prefix cache (``prefix_cache`` hparams), or None.
+
+        Built at the first forward, once the experts are attached and the
+        trainable parameters are known.
+        """
+        if not hasattr(self, "_prefix_cache"):
+            self._prefix_cache = build_prefix_cache(
+                getattr(self.hparams, "prefix_cache", False),
+                getattr(self.hparams, "prefix_cache_folder", None),
+                self.whisper,
+                self.experts,
+                dtype=getattr(self.hparams, "prefix_cache_dtype", "float16"),
+                augmentation=getattr(self.hparams, "wav_augment", None),
+            )
+        return self._prefix_cache
+
+    def encoder_input(self, wavs):
+        """What the encoder starts from: the log-mel, or the cached prefix.
+
+        Computed once per batch, outside any routing: every route
+        (student, teachers, the gate's base pass) starts from it.
+        """
+        if self.prefix_cache is not None:
+            return self.prefix_cache.hidden(wavs)
+        return self.whisper._get_mel(wavs)
+
+    def run_encoder(self, features):
+        """The encoder output from ``encoder_input``, current routing."""
+        if self.prefix_cache is not None:
+            return self.prefix_cache.forward_rest(features)
+        return self.whisper.forward_encoder(features)
+
     def compute_forward(self, batch, stage):
         """Teacher-forced logits, and hypotheses when evaluating."""
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
         tokens_bos, _ = batch.tokens_bos
-        mel = self.whisper._get_mel(wavs)
+        features = self.encoder_input(wavs)
         with self.routing_scope():
             self.set_routing(batch, stage)
-            enc = self.whisper.forward_encoder(mel)
+            enc = self.run_encoder(features)
             logits = self.whisper.forward_decoder(
                 enc, tokens_bos, use_cache=False
             )
@@ -414,6 +449,15 @@ class WhisperExpertsBrain(sb.Brain):
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs, anneals, checkpoints, and writes metrics."""
+        cache = getattr(self, "_prefix_cache", None)
+        if cache is not None:
+            logger.info(
+                "%s: frozen-prefix cache computed %d clips, read %d",
+                stage.name.lower(),
+                cache.counts["computed"],
+                cache.counts["loaded"],
+            )
+            cache.counts = dict.fromkeys(cache.counts, 0)
         stats = {"loss": stage_loss}
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
@@ -639,6 +683,19 @@ class FusionBrain(WhisperExpertsBrain):
         else:
             self.experts.off()
 
+    def run_encoder(self, features):
+        """Also routes by the gate when the cache skips the encoder.
+
+        A gate tapped on the encoder output (decoder-only experts) hooks
+        ``encoder.forward``, which the cached path does not call.
+        """
+        enc = super().run_encoder(features)
+        tap = getattr(self, "_tap", None)
+        if self.prefix_cache is not None and tap is not None:
+            if tap.layer is None:
+                tap.route_encoder_output(enc)
+        return enc
+
     def compute_forward(self, batch, stage):
         """Adds the gate's weights and logits to the predictions."""
         predictions = super().compute_forward(batch, stage)
@@ -802,13 +859,13 @@ class DistillBrain(WhisperExpertsBrain):
                 p for p in group["params"] if id(p) not in frozen
             ]
 
-    def frozen_logits(self, mel, tokens_bos, routes, shares_encoder):
+    def frozen_logits(self, features, tokens_bos, routes, shares_encoder):
         """Logits of frozen models: eval mode, no graph, one scope each.
 
         Arguments
         ---------
-        mel : torch.Tensor
-            The batch's log-mel features.
+        features : torch.Tensor
+            The batch's ``encoder_input``.
         tokens_bos : torch.LongTensor
             ``[B, T]`` decoder inputs.
         routes : dict
@@ -834,7 +891,7 @@ class DistillBrain(WhisperExpertsBrain):
                 for name, route in routes.items():
                     with self.routing_scope(route):
                         if enc is None or not shares_encoder:
-                            enc = self.whisper.forward_encoder(mel)
+                            enc = self.run_encoder(features)
                         logits[name] = self.whisper.forward_decoder(
                             enc, tokens_bos, use_cache=False
                         )[0]
@@ -849,7 +906,7 @@ class DistillBrain(WhisperExpertsBrain):
         batch = batch.to(self.device)
         wavs, _ = batch.sig
         tokens_bos, _ = batch.tokens_bos
-        mel = self.whisper._get_mel(wavs)
+        features = self.encoder_input(wavs)
         shares_encoder = not any(
             name.startswith("encoder.") for name in self.experts.layers
         )
@@ -859,12 +916,12 @@ class DistillBrain(WhisperExpertsBrain):
         if self.anchor_weight > 0:
             routes["base_logits"] = None  # every adapter off
         frozen, enc = self.frozen_logits(
-            mel, tokens_bos, routes, shares_encoder
+            features, tokens_bos, routes, shares_encoder
         )
         with self.routing_scope():
             self.set_routing(batch, stage)
             if not shares_encoder:
-                enc = self.whisper.forward_encoder(mel)
+                enc = self.run_encoder(features)
             logits = self.whisper.forward_decoder(
                 enc, tokens_bos, use_cache=False
             )
