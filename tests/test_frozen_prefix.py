@@ -188,7 +188,9 @@ def corpus(tmp_path_factory):
     return root
 
 
-def train(root, whisper_dir, out, *extra, epochs=2, yaml="expert.yaml"):
+def train(
+    root, whisper_dir, out, *extra, epochs=2, yaml="expert.yaml", layers="1-1"
+):
     languages = ["--language=de"]
     if yaml != "expert.yaml":
         languages = ["--languages=[de,es]", "--untrained_experts=True"]
@@ -202,7 +204,7 @@ def train(root, whisper_dir, out, *extra, epochs=2, yaml="expert.yaml"):
         f"--whisper_save_folder={root / 'hub_cache'}",
         f"--output_folder={out}",
         f"--expert_pool={out / 'pool'}",
-        "--lora_layers=1-1",  # encoder and decoder layer 1
+        f"--lora_layers={layers}",  # default: encoder and decoder layer 1
         "--batch_size=2",
         f"--number_of_epochs={epochs}",
         "--lr=0.01",
@@ -249,7 +251,9 @@ def test_cached_training_gives_the_uncached_weights(corpus, tiny_whisper_dir):
         )
     assert any(plain[k].abs().sum() > 0 for k in plain if "lora_B" in k)
 
-    # Another run on the same Whisper and clips computes nothing.
+    # Another run on the same Whisper and clips computes nothing; its
+    # experts (encoder layer 1, every decoder layer: per-part layers from
+    # the command line) load in the pretrained interface.
     log = train(
         corpus,
         tiny_whisper_dir,
@@ -257,8 +261,16 @@ def test_cached_training_gives_the_uncached_weights(corpus, tiny_whisper_dir):
         *cached,
         "--prefix_cache_dtype=float32",
         epochs=1,
+        layers="{encoder: 1-1}",
     )
     assert "train: frozen-prefix cache computed 0 clips, read 4" in log
+    from speechbrain_lora_experts.inference import LoRAExpertsASR
+
+    asr = LoRAExpertsASR.from_hparams(source=str(corpus / "again" / "model"))
+    adapted = sorted(asr.experts.layers)
+    assert "encoder.layers.1.fc1" in adapted
+    assert not any(name.startswith("encoder.layers.0.") for name in adapted)
+    assert "decoder.layers.0.fc1" in adapted
 
 
 @pytest.mark.parametrize(
