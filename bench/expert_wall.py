@@ -270,14 +270,12 @@ def main(argv=None):
         for path, label in ((args.work, "<work>"), (args.out, "<out>"))
     }
     if os.path.isabs(os.path.expanduser(args.whisper)):
-        names[os.path.abspath(os.path.expanduser(args.whisper))] = (
-            public_name(args.whisper)
+        names[os.path.abspath(os.path.expanduser(args.whisper))] = public_name(
+            args.whisper
         )
     result = dict(
         benchmark="expert_wall",
-        command=command_line(
-            args.argv, names, script="bench/expert_wall.py"
-        ),
+        command=command_line(args.argv, names, script="bench/expert_wall.py"),
         whisper=public_name(args.whisper),
         git=git_state(),
         corpus=describe_corpus(
