@@ -216,6 +216,11 @@ def parse_args(argv=None):
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--name", default="tune_distill")
     parser.add_argument("--dry_run", action="store_true")
+    parser.add_argument(
+        "--collect_only",
+        action="store_true",
+        help="report the dev curves the points have so far; run nothing",
+    )
     return parser.parse_args(argv)
 
 
@@ -258,13 +263,14 @@ def write_markdown(path, result):
         "the lowest dev macro error rate (start = epoch 0 included), dev "
         "loss breaking ties. No test set is read.",
         "",
-        "| point | best epoch | dev error rate | dev loss | start (epoch 0) |",
-        "|---|---|---|---|---|",
+        "| point | best epoch | dev error rate | dev loss | start (epoch 0) "
+        "| dev error rate by epoch |",
+        "|---|---|---|---|---|---|",
     ]
     for row in result["points"]:
         best = row["best"]
         if best is None:
-            lines.append(f"| {row['name']} | – | not run | – | – |")
+            lines.append(f"| {row['name']} | – | not run | – | – | – |")
             continue
         start = next((p for p in best["curve"] if p["epoch"] == 0), None)
         rate = best.get("error_rate")
@@ -276,6 +282,11 @@ def write_markdown(path, result):
                 "–"
                 if start is None or start.get("error_rate") is None
                 else f"{start['error_rate']:.1f}"
+            )
+            + " | "
+            + ", ".join(
+                "–" if p.get("error_rate") is None else f"{p['error_rate']:.1f}"
+                for p in best["curve"]
             )
             + " |"
         )
@@ -303,10 +314,11 @@ def main(argv=None):
         for argv_point in commands:
             print("python bench/quality.py " + " ".join(argv_point))
         return None
-    for work in works:
-        link_base_runs(args.base_work, work, args.seed, args.scenario)
-    with concurrent.futures.ThreadPoolExecutor(max(1, args.parallel)) as ex:
-        list(ex.map(run_point, commands))
+    if not args.collect_only:
+        for work in works:
+            link_base_runs(args.base_work, work, args.seed, args.scenario)
+        with concurrent.futures.ThreadPoolExecutor(max(1, args.parallel)) as ex:
+            list(ex.map(run_point, commands))
     rows = []
     for point, work in zip(points, works):
         run = os.path.join(

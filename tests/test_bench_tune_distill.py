@@ -101,6 +101,22 @@ def test_grid_runs_each_point_on_shared_inputs_and_picks_by_dev(
     assert "| distill_weight-0.7_distill_anchor_weight-0.3 | – | not run" in (
         markdown
     )
+    assert "| 30.0, 27.0 |" in markdown  # the dev curve, start first
+
+    # --collect_only reports the same from the curves, running nothing.
+    calls.clear()
+    again = tune_distill.main(
+        [
+            "--whisper=whisper-base",
+            f"--base_work={base}",
+            "--grid=distill_weight=0.3,0.7;distill_anchor_weight=0,0.3",
+            f"--work={tmp_path / 'tune'}",
+            f"--out={tmp_path / 'collected'}",
+            "--collect_only",
+        ]
+    )
+    assert calls == []
+    assert again["points"] == result["points"]
 
 
 def test_unfinished_base_runs_are_refused(tmp_path):
