@@ -427,6 +427,14 @@ def train_specs(args, teachers):
             tag = ", cached prefix" if cache else ""
             specs.append(
                 dict(
+                    kind="peft",
+                    place=place,
+                    cache=cache,
+                    name=f"PEFT LoRA [{place}]{tag}",
+                )
+            )
+            specs.append(
+                dict(
                     kind="lora",
                     place=place,
                     cache=cache,
@@ -448,7 +456,7 @@ def train_specs(args, teachers):
 def is_key(spec, args):
     """Systems probed for memory under ``--memory key``."""
     kind = spec["kind"]
-    if kind in ("plain", "full", "lora", "distill"):
+    if kind in ("plain", "full", "peft", "lora", "distill"):
         return True
     if kind == "fused":
         return spec["n"] == max(args.expert_counts)
@@ -576,6 +584,26 @@ def build_trainer(spec, whisper, args, teachers):
     if kind == "full":
         whisper.requires_grad_(True)
         brain_class, lr = FullFinetuneBrain, 1e-5
+    elif kind == "peft":
+        # PEFT's own LoRA layers on the same linear layers, same shape.
+        from peft import LoraConfig, inject_adapter_in_model
+
+        from speechbrain_lora_experts.attach import select_targets
+
+        names = select_targets(
+            whisper.model,
+            TARGETS,
+            **placement(spec["place"], whisper.model.config.encoder_layers),
+        )
+        whisper.requires_grad_(False)
+        config = LoraConfig(
+            r=args.rank,
+            lora_alpha=2 * args.rank,
+            lora_dropout=args.lora_dropout,
+            target_modules=names,
+        )
+        inject_adapter_in_model(config, whisper.model)
+        brain_class, lr = recipe.WhisperExpertsBrain, 1e-3
     elif kind == "lora":
         hparams["experts"] = attach(
             whisper, [teachers[0]], args, spec["place"], args.lora_dropout
@@ -703,6 +731,11 @@ def measure_training(args, folder, window, utterances, teachers, log):
             lora = by_name[f"expert LoRA [{row['place']}]{tag}"]
             row["baseline"] = lora["system"]
             row["ratio"] = row["seconds"] / lora["seconds"]
+        if row["kind"] == "lora":
+            tag = ", cached prefix" if row["cache"] else ""
+            peft = by_name.get(f"PEFT LoRA [{row['place']}]{tag}")
+            if peft is not None:
+                row["ratio_vs_peft"] = row["seconds"] / peft["seconds"]
     for row in rows:
         row["met"] = goal_met(row)
     del systems, base
@@ -1218,6 +1251,8 @@ def timing_table(rows):
         ratio = f"{row['ratio']:.3f}"
         if row["kind"] == "distill":
             ratio += f" (vs {base})"
+        if "ratio_vs_peft" in row:
+            ratio += f" ({row['ratio_vs_peft']:.2f}x PEFT)"
         line = (
             f"| {row['system']} | {row['seconds']:.3f} | {ratio} | "
             f"{row['goal'] or '—'} | {fmt_met(row['met'])} |"

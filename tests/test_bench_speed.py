@@ -54,8 +54,10 @@ def test_speed_benchmark_on_tiny_fixture(tmp_path, tiny_whisper_dir):
     train = written["train"]["1"]
     assert [row["system"] for row in train] == [
         "full finetune",
+        "PEFT LoRA [dec]",
         "expert LoRA [dec]",
         "distill, 2 teachers [dec]",
+        "PEFT LoRA [dec], cached prefix",
         "expert LoRA [dec], cached prefix",
         "distill, 2 teachers [dec], cached prefix",
     ]
@@ -71,11 +73,15 @@ def test_speed_benchmark_on_tiny_fixture(tmp_path, tiny_whisper_dir):
             assert row["ratio"] == pytest.approx(
                 row["seconds"] / seconds[row["baseline"]]
             )
-    assert train[2]["baseline"] == "expert LoRA [dec]"
-    assert train[4]["baseline"] == "expert LoRA [dec], cached prefix"
-    assert [row["cache"] for row in train] == [False] * 3 + [True] * 2
-    assert train[2]["ratio_vs_full_finetune"] == pytest.approx(
-        train[2]["seconds"] / train[0]["seconds"]
+    assert train[3]["baseline"] == "expert LoRA [dec]"
+    assert train[6]["baseline"] == "expert LoRA [dec], cached prefix"
+    assert [row["cache"] for row in train] == [False] * 4 + [True] * 3
+    # Our LoRA against PEFT's on the same layers, in the same run.
+    assert train[2]["ratio_vs_peft"] == pytest.approx(
+        train[2]["seconds"] / train[1]["seconds"]
+    )
+    assert train[3]["ratio_vs_full_finetune"] == pytest.approx(
+        train[3]["seconds"] / train[0]["seconds"]
     )
     # The report shows what was measured.
     report = (out / "speed.md").read_text()
@@ -100,6 +106,10 @@ def test_speed_benchmark_on_tiny_fixture(tmp_path, tiny_whisper_dir):
     assert (
         by_name["full finetune"]["state_mb"]
         > (by_name["expert LoRA [dec]"]["state_mb"])
+    )
+    # PEFT's LoRA keeps what ours keeps: the same adapters and AdamW state.
+    assert by_name["PEFT LoRA [dec]"]["state_mb"] == pytest.approx(
+        by_name["expert LoRA [dec]"]["state_mb"], rel=0.05
     )
     # The cache's entries live on disk, not in the trainer's memory.
     assert by_name["expert LoRA [dec], cached prefix"]["state_mb"] == (
