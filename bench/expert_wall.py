@@ -38,9 +38,8 @@ RECIPE = os.path.join(ROOT, "recipes", "CommonVoice", "ASR", "lora_experts")
 sys.path.insert(0, HERE)
 
 from corpus import build_corpus, describe_corpus  # noqa: E402
-from provenance import public_name, save_result  # noqa: E402
+from provenance import git_state, public_name, save_result  # noqa: E402
 from quality import command_line  # noqa: E402
-from speed import git_state  # noqa: E402
 
 # name: recipe flags. whisper-base has 6 encoder layers: "enc4+dec" adapts
 # the top two and the whole decoder; "cached": the frozen-prefix cache on.

@@ -42,9 +42,8 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from provenance import public_name, save_result  # noqa: E402
+from provenance import git_state, public_name, save_result  # noqa: E402
 from quality import command_line  # noqa: E402
-from speed import git_state  # noqa: E402
 
 SPLITS = {"test": "in-domain test", "fleurs_test": "out-of-domain test"}
 

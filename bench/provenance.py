@@ -9,6 +9,7 @@ Authors
 
 import json
 import os
+import subprocess
 
 
 def public_name(path):
@@ -74,3 +75,55 @@ def save_result(out, name, result, write_markdown):
     path = os.path.join(out, f"{name}.md")
     write_markdown(path, result)
     return path
+
+
+# What a result depends on: the package, the benchmarks, the recipe.
+CODE_PATHS = (
+    "speechbrain_lora_experts",
+    "bench",
+    "recipes",
+    ":(exclude)bench/results",
+    ":(exclude)bench/work",
+)
+
+
+def git_state(root=None):
+    """Commit of the checkout and its code files that differ from it.
+
+    Arguments
+    ---------
+    root : str
+        The repository (default: the one holding this file).
+
+    Returns
+    -------
+    dict
+        ``commit`` (None outside a git checkout) and ``modified``: changed
+        or untracked files under ``CODE_PATHS``, so that a result measured
+        with uncommitted code says so.
+
+    Example
+    -------
+    >>> state = git_state()
+    >>> sorted(state), isinstance(state["modified"], list)
+    (['commit', 'modified'], True)
+    """
+    root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--", *CODE_PATHS],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return dict(commit=None, modified=[])
+    return dict(commit=commit, modified=[ln[3:] for ln in status.splitlines()])

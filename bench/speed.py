@@ -75,7 +75,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)  # the benchmark's helper modules
 
-from provenance import public_name  # noqa: E402
+from provenance import git_state, public_name  # noqa: E402
 
 SAMPLE_RATE = 16000
 LANGUAGES = ("de", "es", "it", "ru", "fr", "zh")
@@ -1051,29 +1051,6 @@ def ratio_or_none(value, base):
 def window_key(window):
     """JSON key of a window (``30``, ``10``, ``2.5``)."""
     return f"{window:g}"
-
-
-def git_state():
-    """Commit and locally modified files of the checkout (if any)."""
-    root = os.path.dirname(HERE)
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "speechbrain_lora_experts"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return dict(commit=None, modified=[])
-    return dict(commit=commit, modified=[ln[3:] for ln in status.splitlines()])
 
 
 def compare_with_previous(result, previous, args):
