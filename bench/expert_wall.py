@@ -42,13 +42,19 @@ from provenance import git_state, public_name, save_result  # noqa: E402
 from quality import command_line  # noqa: E402
 
 # name: recipe flags. whisper-base has 6 encoder layers: "enc4+dec" adapts
-# the top two and the whole decoder; "cached": the frozen-prefix cache on.
+# the top two and the whole decoder; "cached": the frozen-prefix cache on
+# (fp16 entries unless "fp32").
 CONFIGS = {
     "enc+dec": ["--prefix_cache=False"],
     "enc4+dec": ["--lora_layers={encoder: 4-5}", "--prefix_cache=False"],
     "enc4+dec cached": [
         "--lora_layers={encoder: 4-5}",
         "--prefix_cache=True",
+    ],
+    "enc4+dec cached fp32": [
+        "--lora_layers={encoder: 4-5}",
+        "--prefix_cache=True",
+        "--prefix_cache_dtype=float32",
     ],
     "dec cached": ["--lora_parts=[decoder]", "--prefix_cache=True"],
 }
