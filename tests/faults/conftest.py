@@ -3,6 +3,6 @@
 import os
 import sys
 
-sys.path.insert(
-    0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
-)
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(TESTS, "data"))
+sys.path.insert(0, TESTS)  # recipe_rows: shared recipe-run helpers

@@ -8,12 +8,12 @@ recovery; the run goes on from the previous checkpoint.
 
 import glob
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 from corpus_fixtures import Clip, cv_row, write_cv_locale
+from recipe_rows import run_in_recipe
 
 from speechbrain_lora_experts import checkpointing
 from speechbrain_lora_experts.checkpointing import RNGState
@@ -123,14 +123,7 @@ def corpus(tmp_path_factory):
 
 
 def _run(command):
-    return subprocess.run(
-        command,
-        cwd=RECIPE,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
-        timeout=600,
-    )
+    return run_in_recipe(command)
 
 
 def test_sigkill_during_checkpoint_save_resumes(corpus, tiny_whisper_dir):
