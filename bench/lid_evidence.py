@@ -79,12 +79,14 @@ def layer_features(whisper, wavs, durations):
     positions); index n: the encoder output (after the final norm).
     Frames past a clip's end are left out of the mean.
     """
+    from speechbrain_lora_experts.frozen_prefix import (
+        encoder_front,
+        run_encoder_layers,
+    )
+
     encoder = whisper.model.encoder
-    mel = whisper._get_mel(wavs)
-    hidden = torch.nn.functional.gelu(encoder.conv1(mel))
-    hidden = torch.nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
+    hidden = encoder_front(encoder, whisper._get_mel(wavs))
     positions = torch.arange(hidden.shape[1], device=hidden.device)
-    hidden = hidden + encoder.embed_positions(positions)
     # 50 encoder positions per second of audio.
     valid = torch.tensor(
         [min(hidden.shape[1], math.ceil(d * 50)) for d in durations]
@@ -97,8 +99,7 @@ def layer_features(whisper, wavs, durations):
     pools = []
     for layer in encoder.layers:
         pools.append(pooled(hidden))
-        out = layer(hidden, None)
-        hidden = out[0] if isinstance(out, tuple) else out
+        hidden = run_encoder_layers([layer], hidden)
     enc = encoder.layer_norm(hidden)
     pools.append(pooled(enc))
     return torch.stack(pools), enc

@@ -29,6 +29,7 @@ Authors
 """
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -121,6 +122,53 @@ def first_trainable_layer(encoder):
     return len(encoder.layers)
 
 
+def encoder_front(encoder, features):
+    """HF ``WhisperEncoder.forward`` up to its first layer.
+
+    Convolutions and positions; no dropout (``check`` refuses a Whisper
+    with dropout).
+
+    Arguments
+    ---------
+    encoder : transformers WhisperEncoder
+        The encoder.
+    features : torch.Tensor
+        ``[B, n_mels, frames]`` log-mel.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[B, frames / 2, D]``, the input of encoder layer 0.
+    """
+    hidden = nn.functional.gelu(encoder.conv1(features))
+    hidden = nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
+    positions = torch.arange(hidden.shape[1], device=hidden.device)
+    return hidden + encoder.embed_positions(positions)
+
+
+def run_encoder_layers(layers, hidden):
+    """``hidden`` through Whisper encoder ``layers``, no attention mask.
+
+    Layers return a tensor or, in older transformers, a tuple.
+
+    Arguments
+    ---------
+    layers : iterable of WhisperEncoderLayer
+        Consecutive encoder layers.
+    hidden : torch.Tensor
+        ``[B, T, D]`` input of the first of them.
+
+    Returns
+    -------
+    torch.Tensor
+        The output of the last.
+    """
+    for layer in layers:
+        out = layer(hidden, None)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
+
+
 class FrozenPrefixCache:
     """Hidden states entering the first adapted encoder layer, on disk.
 
@@ -175,6 +223,7 @@ class FrozenPrefixCache:
             )
         self.start_layer = start_layer
         self.dtype = dtype
+        self.width = whisper_model(whisper).config.d_model
         self.counts = {"computed": 0, "loaded": 0}
         self.folder = os.path.join(folder, self.fingerprint())
         os.makedirs(self.folder, exist_ok=True)
@@ -269,7 +318,7 @@ class FrozenPrefixCache:
             "start_layer": self.start_layer,
             "window_s": self.whisper.window_samples / 16000,
             "dtype": self.dtype,
-            "entry_shape": [self.positions, model.config.d_model],
+            "entry_shape": [self.positions, self.width],
         }
         _write_atomic(path, json.dumps(about, indent=1).encode())
 
@@ -281,8 +330,7 @@ class FrozenPrefixCache:
     @property
     def bytes_per_clip(self):
         """Disk use of one entry."""
-        width = whisper_model(self.whisper).config.d_model
-        return self.positions * width * DTYPES[self.dtype].itemsize
+        return self.positions * self.width * DTYPES[self.dtype].itemsize
 
     # Forward ----------------------------------------------------------------
     def clip_keys(self, wavs):
@@ -354,8 +402,7 @@ class FrozenPrefixCache:
                 err,
             )
             return None
-        width = whisper_model(self.whisper).config.d_model
-        if tuple(row.shape) != (self.positions, width) or (
+        if tuple(row.shape) != (self.positions, self.width) or (
             row.dtype != DTYPES[self.dtype]
         ):
             logger.warning(
@@ -364,7 +411,7 @@ class FrozenPrefixCache:
                 path,
                 tuple(row.shape),
                 row.dtype,
-                (self.positions, width),
+                (self.positions, self.width),
                 DTYPES[self.dtype],
             )
             return None
@@ -373,28 +420,16 @@ class FrozenPrefixCache:
     def _store(self, key, row):
         path = self._path(key)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            dir=os.path.dirname(path), suffix=".tmp", delete=False
-        ) as f:
-            np.save(f, row.numpy())
-        # Atomic: a reader (another process, a resumed run) never sees half
-        # a file, and two processes storing one clip write the same bytes.
-        os.replace(f.name, path)
+        buffer = io.BytesIO()
+        np.save(buffer, row.numpy())
+        _write_atomic(path, buffer.getvalue())
 
     @torch.no_grad()
     def _compute(self, wavs):
-        # HF's WhisperEncoder.forward up to layer k (dropout p is 0: check()).
-        encoder = self.encoder
-        features = self.whisper._get_mel(wavs)
-        hidden = nn.functional.gelu(encoder.conv1(features))
-        hidden = nn.functional.gelu(encoder.conv2(hidden))
-        hidden = hidden.permute(0, 2, 1)
-        positions = torch.arange(self.positions, device=hidden.device)
-        hidden = hidden + encoder.embed_positions(positions)
-        for layer in encoder.layers[: self.start_layer]:
-            out = layer(hidden, None)
-            hidden = out[0] if isinstance(out, tuple) else out
-        return hidden
+        hidden = encoder_front(self.encoder, self.whisper._get_mel(wavs))
+        return run_encoder_layers(
+            self.encoder.layers[: self.start_layer], hidden
+        )
 
     def forward_rest(self, hidden):
         """The encoder from ``start_layer`` on (live: adapters, gradients).
@@ -409,11 +444,8 @@ class FrozenPrefixCache:
         torch.Tensor
             The encoder output, as ``Whisper.forward_encoder`` returns it.
         """
-        encoder = self.encoder
-        for layer in encoder.layers[self.start_layer :]:
-            out = layer(hidden, None)
-            hidden = out[0] if isinstance(out, tuple) else out
-        return encoder.layer_norm(hidden)
+        layers = self.encoder.layers[self.start_layer :]
+        return self.encoder.layer_norm(run_encoder_layers(layers, hidden))
 
     def encode(self, wavs):
         """The encoder output of ``wavs``, the frozen prefix from disk."""
@@ -421,6 +453,8 @@ class FrozenPrefixCache:
 
 
 def _write_atomic(path, data):
+    # A reader (another process, a resumed run) never sees half a file, and
+    # two processes storing one entry write the same bytes.
     with tempfile.NamedTemporaryFile(
         dir=os.path.dirname(path), suffix=".tmp", delete=False
     ) as f:

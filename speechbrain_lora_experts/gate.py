@@ -19,6 +19,8 @@ Authors
 import torch
 import torch.nn as nn
 
+from speechbrain_lora_experts.frozen_prefix import run_encoder_layers
+
 GATE_FEATURES = ("whisper_lid", "base_encoder", "first_adapted")
 
 
@@ -528,9 +530,9 @@ class GateTap:
         # The tapped layer runs again here; its hook must not re-enter.
         self._base_pass = True
         try:
-            for layer in self.encoder.layers[self.layer :]:
-                out = layer(hidden, attention_mask=None)
-                hidden = out[0] if isinstance(out, tuple) else out
+            hidden = run_encoder_layers(
+                self.encoder.layers[self.layer :], hidden
+            )
         finally:
             self._base_pass = False
         return self.encoder.layer_norm(hidden)
