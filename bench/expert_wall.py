@@ -7,13 +7,21 @@ data preparation, every epoch with its dev decoding, the test, the export.
 Reports per configuration the wall time of the whole run and of training
 alone (first epoch start to last epoch end, from the run's log), the test
 WER, and the frozen-prefix cache's clip counts. Configurations differ in
-where the LoRA sits and whether the frozen-prefix cache is on; each cached
-configuration starts from an empty cache, so its first epoch computes the
-entries (the cost a new user pays).
+where the LoRA sits, whether the frozen-prefix cache is on and whether
+each batch's encoder window is cut to its longest clip (``cut``:
+``--window_bucket_s``); ``zero-shot`` configurations train no epoch. Each
+cached configuration starts from an empty cache, so its first epoch
+computes the entries (the cost a new user pays).
+
+A configuration that differs from another one only by being cached or cut
+is compared with it on the same test utterances: the paired relative WER
+change with a bootstrap interval over test sentences.
 
 Usage::
 
     python bench/expert_wall.py --whisper ~/.cache/lora-experts/whisper-base
+    python bench/expert_wall.py --whisper ... --window 30 --name cut_windows \
+        --configs "zero-shot,zero-shot cut,enc+dec,enc+dec cut"
 
 Writes ``<out>/expert_wall.{json,md}``. Run it on an otherwise quiet
 machine: wall time is the measure.
@@ -37,15 +45,20 @@ ROOT = os.path.dirname(HERE)
 RECIPE = os.path.join(ROOT, "recipes", "CommonVoice", "ASR", "lora_experts")
 sys.path.insert(0, HERE)
 
+from bootstrap import Bootstrap, read_run  # noqa: E402
 from corpus import build_corpus, describe_corpus  # noqa: E402
 from provenance import git_state, public_name, save_result  # noqa: E402
 from quality import command_line  # noqa: E402
 
 # name: recipe flags. whisper-base has 6 encoder layers: "enc4+dec" adapts
 # the top two and the whole decoder; "cached": the frozen-prefix cache on
-# (fp16 entries unless "fp32").
+# (fp16 entries unless "fp32"); "cut": windows cut to the batch (--bucket);
+# "zero-shot": no training (the default placement, nothing learned).
 CONFIGS = {
+    "zero-shot": [],
+    "zero-shot cut": [],
     "enc+dec": ["--prefix_cache=False"],
+    "enc+dec cut": ["--prefix_cache=False"],
     "enc4+dec": ["--lora_layers={encoder: 4-5}", "--prefix_cache=False"],
     "enc4+dec cached": [
         "--lora_layers={encoder: 4-5}",
@@ -58,7 +71,12 @@ CONFIGS = {
     ],
     "dec cached": ["--lora_parts=[decoder]", "--prefix_cache=True"],
 }
+# What a configuration is compared with: itself without the last word(s).
+_VARIANTS = (" cached fp32", " cached", " cut")
 _TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) - ")
+_WINDOWS = re.compile(
+    r"(\w+): encoder windows cut to the batch: ([\d.]+) s on average"
+)
 _COUNTS = re.compile(
     r"(\w+): frozen-prefix cache computed (\d+) clips, read (\d+)"
 )
@@ -75,6 +93,13 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--window", type=float, default=10.0)
+    parser.add_argument(
+        "--bucket",
+        type=float,
+        default=2.0,
+        help="window_bucket_s of the 'cut' configurations",
+    )
+    parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument(
@@ -135,6 +160,29 @@ def log_times(log_text):
     return (end - start).total_seconds()
 
 
+def mean_window(log_text):
+    """Average window (s) of a cut run's training epochs; or None.
+
+    A run that trains no epoch reports its test window.
+
+    Example
+    -------
+    >>> mean_window(
+    ...     "train: encoder windows cut to the batch: 4.00 s on average\\n"
+    ...     "valid: encoder windows cut to the batch: 9.00 s on average\\n"
+    ...     "train: encoder windows cut to the batch: 6.00 s on average\\n"
+    ... )
+    5.0
+    >>> mean_window("test: encoder windows cut to the batch: 3.5 s on average")
+    3.5
+    """
+    for stage in ("train", "test"):
+        values = [float(v) for s, v in _WINDOWS.findall(log_text) if s == stage]
+        if values:
+            return sum(values) / len(values)
+    return None
+
+
 def cache_counts(log_text):
     """``{stage: [computed, read]}`` summed over the run's stages.
 
@@ -154,6 +202,74 @@ def cache_counts(log_text):
     return counts
 
 
+def baseline_of(name, names):
+    """The configuration ``name`` is a cached or cut variant of, if run.
+
+    Example
+    -------
+    >>> baseline_of("enc4+dec cached fp32", ["enc4+dec", "enc+dec"])
+    'enc4+dec'
+    >>> baseline_of("zero-shot cut", ["enc+dec"]) is None
+    True
+    """
+    for suffix in _VARIANTS:
+        if name.endswith(suffix) and name[: -len(suffix)] in names:
+            return name[: -len(suffix)]
+    return None
+
+
+def config_flags(args, name):
+    """Recipe flags of a configuration (epochs and the cut included)."""
+    epochs = 0 if name.startswith("zero-shot") else args.epochs
+    flags = [
+        f"--number_of_epochs={epochs}",
+        f"--patience={max(epochs, 1)}",  # every epoch runs: fixed work
+        *CONFIGS[name],
+    ]
+    if name.endswith(" cut"):
+        flags.append(f"--window_bucket_s={args.bucket:g}")
+    return flags
+
+
+def paired_changes(args, runs, work_folders):
+    """Each variant's WER change against its baseline, paired.
+
+    Returns
+    -------
+    dict
+        ``variant -> {baseline, wer, baseline_wer, change_pct, interval}``
+        where a positive change is a higher (worse) WER.
+    """
+    names = [row["config"] for row in runs]
+    out = {}
+    for name in names:
+        base = baseline_of(name, names)
+        if base is None:
+            continue
+        pair = [read_run(work_folders[n]) for n in (name, base)]
+        boot = Bootstrap(pair, n_resamples=args.bootstrap, seed=0)
+        system, baseline = boot.macro([pair[0]]), boot.macro([pair[1]])
+        change = -boot.paired_gain([pair[0]], [pair[1]])
+        rows = {row["config"]: row for row in runs}
+        out[name] = dict(
+            baseline=base,
+            wer=rows[name]["test_wer"],
+            baseline_wer=rows[base]["test_wer"],
+            change_pct=(
+                100.0
+                * (rows[name]["test_wer"] - rows[base]["test_wer"])
+                / rows[base]["test_wer"]
+                if rows[base]["test_wer"]
+                else None
+            ),
+            interval=Bootstrap.interval(change),
+            wer_interval=Bootstrap.interval(system),
+            baseline_wer_interval=Bootstrap.interval(baseline),
+            test=boot.sizes(),
+        )
+    return out
+
+
 def run_config(args, name, corpus, out):
     """Trains the expert of one configuration; its measurements."""
     shutil.rmtree(out, ignore_errors=True)
@@ -168,13 +284,11 @@ def run_config(args, name, corpus, out):
         f"--output_folder={out}",
         f"--expert_pool={os.path.join(out, 'pool')}",
         f"--prefix_cache_folder={os.path.join(out, 'prefix_cache')}",
-        f"--number_of_epochs={args.epochs}",
-        f"--patience={args.epochs}",  # every epoch runs: a fixed workload
         f"--batch_size={args.batch_size}",
         f"--encoder_window_s={args.window:g}",
         "--device=cpu",
         "--precision=fp32",
-        *CONFIGS[name],
+        *config_flags(args, name),
     ]
     env = {
         **os.environ,
@@ -196,13 +310,14 @@ def run_config(args, name, corpus, out):
         run = json.load(f)
     return dict(
         config=name,
-        flags=CONFIGS[name],
+        flags=config_flags(args, name),
         wall_s=wall,
         train_s=log_times(text),
         test_wer=metrics["macro"],
         epochs=run["epochs"],
         optimizer_steps=run["optimizer_steps"],
         cache=cache_counts(text),
+        mean_window_s=mean_window(text),
     )
 
 
@@ -220,14 +335,17 @@ def write_markdown(path, result):
         f"{s['window']:g} s window, CPU, {s['threads']} threads, one run at "
         "a time. *run*: the whole command (preparation, every epoch with "
         "its dev decoding, test, export); *training*: first epoch start to "
-        "last epoch end. Cached runs start from an empty cache.",
+        "last epoch end. Cached runs start from an empty cache; *cut* runs "
+        f"cut each batch's window to its longest clip rounded up to "
+        f"{s.get('bucket', 2.0):g} s (*window*: their average training "
+        "window); *zero-shot*: no epoch.",
         "",
         f"Command: `{result['command']}`; commit "
         f"{(result['git'].get('commit') or 'unknown')[:10]}.",
         "",
         "| configuration | run (min) | training (min) | test WER (%) | "
-        "prefix cache (computed/read, all stages) |",
-        "|---|---|---|---|---|",
+        "window (s) | prefix cache (computed/read, all stages) |",
+        "|---|---|---|---|---|---|",
     ]
     for row in result["runs"]:
         counts = row["cache"]
@@ -237,10 +355,36 @@ def write_markdown(path, result):
             else "off"
         )
         train = "—" if row["train_s"] is None else f"{row['train_s'] / 60:.1f}"
+        window = row.get("mean_window_s")
+        window = f"{window:.2f}" if window else f"{s['window']:g}"
         lines.append(
             f"| {row['config']} | {row['wall_s'] / 60:.1f} | {train} | "
-            f"{row['test_wer']:.1f} | {cache} |"
+            f"{row['test_wer']:.1f} | {window} | {cache} |"
         )
+    changes = result.get("paired_changes") or {}
+    if changes:
+        lines += [
+            "",
+            "Paired on the same test utterances (relative WER change, "
+            "positive = worse; 95 % bootstrap interval over test sentences, "
+            f"{result['settings'].get('bootstrap', 1000)} resamples):",
+            "",
+            "| configuration | vs | WER | vs WER | change (%) | interval |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, c in changes.items():
+            low, high = c["interval"]
+            lines.append(
+                f"| {name} | {c['baseline']} | {c['wer']:.1f} | "
+                f"{c['baseline_wer']:.1f} | "
+                + (
+                    "—"
+                    if c["change_pct"] is None
+                    else f"{c['change_pct']:+.1f}"
+                )
+                + " | "
+                f"[{low:+.1f}, {high:+.1f}] |"
+            )
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -264,10 +408,11 @@ def main(argv=None):
             text_source=args.text_source,
             other_synth=False,
         )
-    runs = []
+    runs, folders = [], {}
     for name in args.config_names:
         folder = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-        row = run_config(args, name, corpus, os.path.join(args.work, folder))
+        folders[name] = os.path.join(args.work, folder)
+        row = run_config(args, name, corpus, folders[name])
         print(json.dumps(row), flush=True)
         runs.append(row)
     names = {
@@ -298,11 +443,14 @@ def main(argv=None):
             epochs=args.epochs,
             batch_size=args.batch_size,
             window=args.window,
+            bucket=args.bucket,
+            bootstrap=args.bootstrap,
             threads=args.threads,
             seed=args.seed,
             text_source=args.text_source,
         ),
         runs=runs,
+        paired_changes=paired_changes(args, runs, folders),
     )
     print(open(save_result(args.out, args.name, result, write_markdown)).read())
     return result

@@ -83,6 +83,7 @@ def export_model(
     whisper_hub,
     language_aware=True,
     encoder_window_s=30.0,
+    window_bucket_s=None,
     experts=None,
     expert_names=None,
     gate=None,
@@ -114,6 +115,9 @@ def export_model(
         The scenario the model was trained in (recorded).
     encoder_window_s : float
         Encoder window the model was trained with.
+    window_bucket_s : float, optional
+        Cut-window bucket the model was trained with (None: fixed
+        windows); the interface decodes with the same.
     experts : WhisperLoRAExperts
         The pool (every system but ``full_finetune``). With token-level
         fusion its token gates are exported too.
@@ -188,6 +192,9 @@ def export_model(
         "whisper_hub": whisper_hub,
         "whisper_save_folder": os.fspath(whisper_save_folder),
         "encoder_window_s": float(encoder_window_s),
+        "window_bucket_s": (
+            None if window_bucket_s is None else float(window_bucket_s)
+        ),
         "beam_size": int(beam_size),
         "experts": [],
     }
@@ -502,6 +509,7 @@ def hyperparams_values(info):
             "whisper_save_folder", "pretrained_models"
         ),
         "encoder_window_s": info["encoder_window_s"],
+        "window_bucket_s": info.get("window_bucket_s"),
         "beam_size": info.get("beam_size", 1),
     }
     if info["system"] != "full_finetune":
@@ -786,6 +794,7 @@ def export_run(brain):
         whisper_hub=hparams.whisper_hub,
         language_aware=bool(hparams.language_aware),
         encoder_window_s=float(hparams.encoder_window_s),
+        window_bucket_s=getattr(hparams, "window_bucket_s", None),
         experts=experts,
         gate=(
             getattr(hparams, "gate", None)

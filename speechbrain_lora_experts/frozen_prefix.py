@@ -327,9 +327,25 @@ class FrozenPrefixCache:
         """Encoder positions per clip (half the window's mel frames)."""
         return self.encoder.embed_positions.num_embeddings
 
+    def batch_positions(self, n_samples):
+        """Encoder positions of a batch padded to ``n_samples``.
+
+        Arguments
+        ---------
+        n_samples : int
+            The batch's padded length.
+
+        Returns
+        -------
+        int
+            ``positions``, or fewer when the model cuts windows.
+        """
+        hop = self.whisper._hop_length
+        return self.whisper.batch_samples(n_samples) // (2 * hop)
+
     @property
     def bytes_per_clip(self):
-        """Disk use of one entry."""
+        """Disk use of one entry (at most: cut windows store less)."""
         return self.positions * self.width * DTYPES[self.dtype].itemsize
 
     # Forward ----------------------------------------------------------------
@@ -346,8 +362,10 @@ class FrozenPrefixCache:
         -------
         list of str
         """
+        # The batch's window (cut windows: its longest clip, bucketed) is
+        # in the hashed bytes: one clip has one entry per window length.
         window = self.whisper.pad_or_trim(
-            wavs.detach(), length=self.whisper.window_samples
+            wavs.detach(), length=self.whisper.batch_samples(wavs.shape[-1])
         )
         rows = window.to("cpu", torch.float32).contiguous().numpy()
         return [
@@ -372,7 +390,8 @@ class FrozenPrefixCache:
         torch.Tensor
         """
         keys = self.clip_keys(wavs)
-        rows = [self._load(key) for key in keys]
+        positions = self.batch_positions(wavs.shape[-1])
+        rows = [self._load(key, positions) for key in keys]
         missing = [i for i, row in enumerate(rows) if row is None]
         if missing:
             fresh = self._compute(wavs[missing])
@@ -387,7 +406,7 @@ class FrozenPrefixCache:
     def _path(self, key):
         return os.path.join(self.folder, key[:2], f"{key}.npy")
 
-    def _load(self, key):
+    def _load(self, key, positions):
         path = self._path(key)
         if not os.path.exists(path):
             return None
@@ -402,7 +421,7 @@ class FrozenPrefixCache:
                 err,
             )
             return None
-        if tuple(row.shape) != (self.positions, self.width) or (
+        if tuple(row.shape) != (positions, self.width) or (
             row.dtype != DTYPES[self.dtype]
         ):
             logger.warning(
@@ -411,7 +430,7 @@ class FrozenPrefixCache:
                 path,
                 tuple(row.shape),
                 row.dtype,
-                (self.positions, self.width),
+                (positions, self.width),
                 DTYPES[self.dtype],
             )
             return None

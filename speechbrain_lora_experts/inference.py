@@ -980,8 +980,10 @@ class LoRAExpertsASR(WhisperASR):
                 "transcribe_file(path, chunk_size=...) splits long "
                 "recordings into chunks"
             )
-        # Padding is silence, as when the clip is transcribed alone.
-        return torch.where(keep, wavs, torch.zeros(())), lengths
+        # Padding is silence, as when the clip is transcribed alone; padding
+        # past the longest clip would only widen a cut window.
+        wavs = torch.where(keep, wavs, torch.zeros(()))
+        return wavs[:, : int(lengths.max())], lengths
 
     # Whisper's interface -----------------------------------------------------
     @torch.no_grad()
@@ -1498,7 +1500,8 @@ class LoRAExpertsASR(WhisperASR):
         """
         wavs, lengths = self._batch(wavs, wav_lens)
         given = self._check_languages(languages, wavs.shape[0])
-        valid = (lengths.float() / self.whisper.window_samples).to(self.device)
+        window = self.whisper.batch_samples(wavs.shape[-1])
+        valid = (lengths.float() / window).to(self.device)
         durations = lengths.double() / self.hparams.sample_rate
         wavs = wavs.to(self.device)
         with contextlib.ExitStack() as stack:

@@ -10,6 +10,11 @@ Two changes to ``speechbrain.integrations.huggingface.whisper.Whisper``:
   (the positional table is sliced), which divides the encoder cost on CPU.
   30 s (the default) is Whisper's behaviour; shorter windows trim longer
   clips, so data preparation must drop clips over the window.
+* ``window_bucket_s`` optionally cuts each batch's window to its longest
+  clip, rounded up to a multiple of the bucket (at most the window): a
+  batch of 4 s clips pays for 4 s, not 30. Off by default: Whisper was
+  trained on 30 s windows only, and zero-shot it transcribes shorter ones
+  worse (``bench/results/cut_windows.md``).
 * a ``source`` that is a local path but no folder (moved, misspelled) is
   refused with the option to fix, instead of the hub client's
   "Repo id must be in the form ..." error.
@@ -19,10 +24,13 @@ Authors
 """
 
 import difflib
+import functools
+import math
 import os
 
 import torch
 import torch.nn as nn
+from transformers.modeling_outputs import BaseModelOutput
 
 from speechbrain.integrations.huggingface.whisper import Whisper as SBWhisper
 
@@ -112,6 +120,10 @@ class Whisper(SBWhisper):
         Download/cache folder.
     encoder_window_s : float
         Seconds of audio the encoder sees (<= 30, a multiple of 0.02).
+    window_bucket_s : float, optional
+        Cut each batch's window to its longest clip rounded up to a
+        multiple of this many seconds (a multiple of 0.02); None: every
+        batch pays for the whole ``encoder_window_s``.
     **kwargs
         Passed to SpeechBrain's ``Whisper`` (``language``, ``freeze`` ...).
 
@@ -125,10 +137,18 @@ class Whisper(SBWhisper):
     >>> whisper = Whisper(folder, tempfile.mkdtemp(), encoder_window_s=10)
     >>> whisper.forward_encoder(whisper._get_mel(torch.zeros(2, 16000))).shape
     torch.Size([2, 500, 64])
+    >>> cut = Whisper(folder, tempfile.mkdtemp(), window_bucket_s=2)
+    >>> cut.forward_encoder(cut._get_mel(torch.zeros(2, 16000))).shape
+    torch.Size([2, 100, 64])
     """
 
     def __init__(
-        self, source, save_path, encoder_window_s=FULL_WINDOW_S, **kwargs
+        self,
+        source,
+        save_path,
+        encoder_window_s=FULL_WINDOW_S,
+        window_bucket_s=None,
+        **kwargs,
     ):
         check_whisper_source(source)
         if os.path.isdir(os.path.expanduser(os.fspath(source))):
@@ -159,6 +179,19 @@ class Whisper(SBWhisper):
             )
             # HF's encoder checks the mel length against this number.
             self.model.config.max_source_positions = positions
+        self.window_bucket_s = window_bucket_s
+        self._bucket_samples = None
+        if window_bucket_s is not None:
+            bucket = round(float(window_bucket_s) * FRAMES_PER_SECOND)
+            if bucket <= 0 or bucket % 2:
+                raise ValueError(
+                    f"window_bucket_s={window_bucket_s} must be positive and "
+                    "a multiple of 0.02 s (two mel frames per encoder "
+                    "position); null turns the cut windows off"
+                )
+            self._bucket_samples = bucket * self._hop_length
+            # Forward takes any window up to the table's: HF's checks one.
+            encoder.__class__ = _cut_window_class(type(encoder))
 
     @property
     def window_samples(self):
@@ -171,10 +204,29 @@ class Whisper(SBWhisper):
         """
         return self._n_samples
 
+    def batch_samples(self, n_samples):
+        """Samples of the encoder window of a batch padded to ``n_samples``.
+
+        Arguments
+        ---------
+        n_samples : int
+            Length of the padded batch (its longest clip).
+
+        Returns
+        -------
+        int
+            ``window_samples``, or with ``window_bucket_s`` the batch
+            length rounded up to a bucket, at most ``window_samples``.
+        """
+        if self._bucket_samples is None:
+            return self._n_samples
+        buckets = max(1, math.ceil(int(n_samples) / self._bucket_samples))
+        return min(self._n_samples, buckets * self._bucket_samples)
+
     def _get_mel(self, wav):
-        """Log-mel features of ``wav`` padded/trimmed to the window."""
+        """Log-mel features of ``wav`` padded/trimmed to its window."""
         return self.log_mel_spectrogram(
-            self.pad_or_trim(wav, length=self._n_samples)
+            self.pad_or_trim(wav, length=self.batch_samples(wav.shape[-1]))
         )
 
     def log_mel_spectrogram(self, audio, padding: int = 0):
@@ -208,3 +260,68 @@ class Whisper(SBWhisper):
         peak = log_spec.amax(dim=(-2, -1), keepdim=True)
         log_spec = torch.maximum(log_spec, peak - 8.0)
         return (log_spec + 4.0) / 4.0
+
+
+@functools.cache
+def _cut_window_class(encoder_class):
+    """``encoder_class`` whose forward takes windows shorter than its table.
+
+    A subclass rather than a wrapper keeps the module tree, the state dict
+    and hooks on the encoder as they are. Positions are the table's first
+    rows, as for a shortened ``encoder_window_s``; dropout and layer drop
+    follow HF's ``WhisperEncoder.forward``.
+    """
+
+    class CutWindowEncoder(encoder_class):
+        def forward(self, input_features, attention_mask=None, **kwargs):
+            """HF's encoder forward over ``input_features``' own length.
+
+            Arguments
+            ---------
+            input_features : torch.Tensor
+                ``[B, n_mels, frames]``, frames even and at most twice
+                the positional table.
+            attention_mask : None
+                Unused, as in HF (Whisper attends to the whole window).
+            **kwargs
+                ``output_hidden_states`` is honoured; the rest ignored.
+
+            Returns
+            -------
+            BaseModelOutput
+                ``last_hidden_state`` ``[B, frames / 2, D]``.
+            """
+            positions = input_features.shape[-1] // 2
+            table = self.embed_positions.num_embeddings
+            if input_features.shape[-1] % 2 or positions > table:
+                raise ValueError(
+                    f"the encoder takes an even number of mel frames, at "
+                    f"most {2 * table}; got {input_features.shape[-1]}"
+                )
+            hidden = nn.functional.gelu(self.conv1(input_features))
+            hidden = nn.functional.gelu(self.conv2(hidden)).permute(0, 2, 1)
+            hidden = hidden + self.embed_positions.weight[:positions]
+            hidden = nn.functional.dropout(
+                hidden, p=self.dropout, training=self.training
+            )
+            states = [hidden]
+            for layer in self.layers:
+                if self.training and self.layerdrop > 0.0:
+                    if torch.rand([]) < self.layerdrop:
+                        states.append(hidden)
+                        continue
+                out = layer(hidden, None)
+                hidden = out[0] if isinstance(out, tuple) else out
+                states.append(hidden)
+            hidden = self.layer_norm(hidden)
+            states[-1] = hidden
+            return BaseModelOutput(
+                last_hidden_state=hidden,
+                hidden_states=tuple(states)
+                if kwargs.get("output_hidden_states")
+                else None,
+            )
+
+    CutWindowEncoder.__name__ = f"CutWindow{encoder_class.__name__}"
+    CutWindowEncoder.__qualname__ = CutWindowEncoder.__name__
+    return CutWindowEncoder

@@ -1,5 +1,6 @@
 """The frozen-prefix cache in the recipe: cached training equals uncached."""
 
+import json
 import os
 import sys
 
@@ -112,22 +113,30 @@ def test_cached_training_gives_the_uncached_weights(corpus, tiny_whisper_dir):
 
 
 @pytest.mark.parametrize(
-    "yaml, shape, written",
+    "yaml, shape, written, bucket",
     [
         # Decoder-only experts: the gate on the encoder output routes from
-        # the cached encoder (no encoder.forward hook fires there).
-        ("fuse.yaml", "--lora_parts=[decoder]", "model/gate.safetensors"),
+        # the cached encoder (no encoder.forward hook fires there), with
+        # windows cut to each batch (entries per clip and window length,
+        # the gate pooling the clips' share of the cut window).
+        (
+            "fuse.yaml",
+            "--lora_parts=[decoder]",
+            "model/gate.safetensors",
+            0.5,
+        ),
         # Teachers and student share one cached prefix per batch (the
         # default shape here: encoder and decoder layer 1).
         (
             "distill.yaml",
             "--lora_parts=[encoder,decoder]",
             "model/experts/student/adapter_model.safetensors",
+            None,
         ),
     ],
 )
 def test_fusion_and_distillation_train_alike_from_the_cache(
-    corpus, tiny_whisper_dir, yaml, shape, written
+    corpus, tiny_whisper_dir, yaml, shape, written, bucket
 ):
     name = yaml.split(".")[0]
     folder = corpus / f"prefix_cache_{name}"
@@ -142,11 +151,17 @@ def test_fusion_and_distillation_train_alike_from_the_cache(
             f"--prefix_cache={cache}",
             f"--prefix_cache_folder={folder}",
             "--prefix_cache_dtype=float32",
+            f"--window_bucket_s={'null' if bucket is None else bucket}",
             yaml=yaml,
             epochs=1,
         )
         assert ("frozen-prefix cache on" in log) == (cache == "True")
+        assert ("train: encoder windows cut to the batch" in log) == bool(
+            bucket
+        )
         runs[cache] = load_file(str(out / written))
+        with open(out / "model" / "model.json", encoding="utf-8") as f:
+            assert json.load(f)["window_bucket_s"] == bucket
     assert "train: frozen-prefix cache computed 8 clips, read 0" in log
     assert runs["True"].keys() == runs["False"].keys()
     for key, value in runs["False"].items():

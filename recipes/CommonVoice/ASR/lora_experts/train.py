@@ -304,6 +304,8 @@ class WhisperExpertsBrain(sb.Brain):
         Computed once per batch, outside any routing: every route
         (student, teachers, the gate's base pass) starts from it.
         """
+        if self.whisper.window_bucket_s is not None:
+            self._windows.append(self.whisper.batch_samples(wavs.shape[1]))
         if self.prefix_cache is not None:
             return self.prefix_cache.hidden(wavs)
         return self.whisper._get_mel(wavs)
@@ -444,8 +446,9 @@ class WhisperExpertsBrain(sb.Brain):
 
     # Stages -----------------------------------------------------------------
     def on_stage_start(self, stage, epoch=None):
-        """Fresh scorer per stage."""
+        """Fresh scorer and window tally per stage."""
         self.scorer = MultilingualScorer()
+        self._windows = []
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs, anneals, checkpoints, and writes metrics."""
@@ -458,6 +461,16 @@ class WhisperExpertsBrain(sb.Brain):
                 cache.counts["loaded"],
             )
             cache.counts = dict.fromkeys(cache.counts, 0)
+        if self._windows:
+            rate = self.hparams.sample_rate
+            logger.info(
+                "%s: encoder windows cut to the batch: %.2f s on average "
+                "over %d batches (fixed window %g s)",
+                stage.name.lower(),
+                sum(self._windows) / len(self._windows) / rate,
+                len(self._windows),
+                self.whisper.window_samples / rate,
+            )
         stats = {"loss": stage_loss}
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
@@ -677,7 +690,7 @@ class FusionBrain(WhisperExpertsBrain):
             self._tap.prepare(
                 valid_fraction=wav_lens
                 * wavs.shape[1]
-                / self.whisper.window_samples,
+                / self.whisper.batch_samples(wavs.shape[1]),
                 language=self.lang_ids(batch) if self.language_aware else None,
             )
         else:
