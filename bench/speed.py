@@ -21,7 +21,11 @@ encoder window of ``--window``:
   baseline), ``ExpertBrain`` (one LoRA) and ``DistillBrain`` (teachers
   routed per language under ``no_grad``, then the student LoRA), on a
   mixed-language batch, with the LoRA on encoder+decoder and on the decoder
-  only (``--train-placements``);
+  only (``--train-placements``); PEFT's LoRA on the same layers as a second
+  baseline; each LoRA also with the frozen-prefix cache (``--prefix-cache``)
+  and with windows cut to the batch (``--cut-bucket``: the batch's window
+  is its longest clip rounded up to the bucket instead of the whole
+  window);
 * memory, in one subprocess per phase and window (systems one after the
   other): the tensors a system keeps beyond the base model after a warm
   step (adapters, gate, optimiser state, merge records, anything cached:
@@ -120,6 +124,13 @@ def parse_args(argv=None):
         default="on",
         help="also train with the frozen-prefix cache where the LoRA "
         "leaves encoder layers frozen (steady state: entries on disk)",
+    )
+    parser.add_argument(
+        "--cut-bucket",
+        type=float,
+        default=2.0,
+        help="also train the LoRAs with windows cut to the batch, this "
+        "bucket (s); 0: not",
     )
     parser.add_argument(
         "--top1",
@@ -425,22 +436,21 @@ def train_specs(args, teachers):
             caching.append(True)  # enc+dec adapts layer 0: nothing to cache
         for cache in caching:
             tag = ", cached prefix" if cache else ""
-            specs.append(
-                dict(
-                    kind="peft",
-                    place=place,
-                    cache=cache,
-                    name=f"PEFT LoRA [{place}]{tag}",
-                )
-            )
-            specs.append(
-                dict(
-                    kind="lora",
-                    place=place,
-                    cache=cache,
-                    name=f"expert LoRA [{place}]{tag}",
-                )
-            )
+            for cut in (False, True) if args.cut_bucket else (False,):
+                cut_tag = ", cut windows" if cut else ""
+                for kind, label in (
+                    ("peft", "PEFT LoRA"),
+                    ("lora", "expert LoRA"),
+                ):
+                    specs.append(
+                        dict(
+                            kind=kind,
+                            place=place,
+                            cache=cache,
+                            cut=cut,
+                            name=f"{label} [{place}]{tag}{cut_tag}",
+                        )
+                    )
             specs.append(
                 dict(
                     kind="distill",
@@ -624,6 +634,8 @@ def build_trainer(spec, whisper, args, teachers):
         brain_class, lr = DistillBrain, 1e-3
     else:
         raise ValueError(f"unknown training system {kind!r}")
+    if spec.get("cut"):
+        whisper.set_window_bucket(args.cut_bucket)
     if spec.get("cache"):
         hparams.update(
             prefix_cache=True,
@@ -733,6 +745,7 @@ def measure_training(args, folder, window, utterances, teachers, log):
             row["ratio"] = row["seconds"] / lora["seconds"]
         if row["kind"] == "lora":
             tag = ", cached prefix" if row["cache"] else ""
+            tag += ", cut windows" if row["cut"] else ""
             peft = by_name.get(f"PEFT LoRA [{row['place']}]{tag}")
             if peft is not None:
                 row["ratio_vs_peft"] = row["seconds"] / peft["seconds"]
@@ -751,6 +764,7 @@ def timing_row(spec, times, batch):
         kind=spec["kind"],
         place=spec.get("place"),
         cache=bool(spec.get("cache")),
+        cut=bool(spec.get("cut")),
         n_experts=spec.get("n"),
         seconds=statistics.median(per_utt),
         all_seconds=per_utt,
@@ -1164,7 +1178,11 @@ def markdown(result):
             "full finetuning; distillation rows are against the plain LoRA "
             "of the same placement (and cache). *cached prefix*: the "
             "frozen-prefix cache (`prefix_cache`) on, its fp16 entries on "
-            "disk (every epoch after a clip's first).",
+            "disk (every epoch after a clip's first). *cut windows*: the "
+            "batch's encoder window is its longest clip rounded up to "
+            f"{s.get('cut_bucket', 0):g} s (`window_bucket_s`), here "
+            f"{cut_window(s, window):g} s; its WER effect is in "
+            "`cut_windows.md`.",
             "",
         ]
         lines += timing_table(rows)
@@ -1213,6 +1231,26 @@ def markdown(result):
                 lines.append(line)
             lines.append("")
     return "\n".join(lines)
+
+
+def cut_window(settings, window):
+    """Seconds of the training batch's cut window (0: no cut rows).
+
+    Example
+    -------
+    >>> s = {
+    ...     "cut_bucket": 2.0,
+    ...     "clip_seconds": [5.9, 7.3, 4.0],
+    ...     "train_batch": 2,
+    ... }
+    >>> cut_window(s, "30"), cut_window(s, "6")
+    (8.0, 6.0)
+    """
+    bucket = settings.get("cut_bucket") or 0
+    if not bucket:
+        return 0
+    longest = max(settings["clip_seconds"][: settings["train_batch"]])
+    return min(float(window), math.ceil(longest / bucket) * bucket)
 
 
 def timing_table(rows):
@@ -1304,6 +1342,7 @@ def main(argv=None):
                 teachers=teachers,
                 precision=args.precision,
                 tolerance=args.tolerance,
+                cut_bucket=args.cut_bucket,
                 audio=(
                     f"clips of {public_name(args.corpus)}"
                     if args.corpus

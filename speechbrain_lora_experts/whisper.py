@@ -179,8 +179,17 @@ class Whisper(SBWhisper):
             )
             # HF's encoder checks the mel length against this number.
             self.model.config.max_source_positions = positions
-        self.window_bucket_s = window_bucket_s
-        self._bucket_samples = None
+        self.set_window_bucket(window_bucket_s)
+
+    def set_window_bucket(self, window_bucket_s):
+        """Turns windows cut to the batch on (a bucket, s) or off (None).
+
+        Arguments
+        ---------
+        window_bucket_s : float or None
+            See the class arguments.
+        """
+        bucket_samples = None
         if window_bucket_s is not None:
             bucket = round(float(window_bucket_s) * FRAMES_PER_SECOND)
             if bucket <= 0 or bucket % 2:
@@ -189,9 +198,14 @@ class Whisper(SBWhisper):
                     "a multiple of 0.02 s (two mel frames per encoder "
                     "position); null turns the cut windows off"
                 )
-            self._bucket_samples = bucket * self._hop_length
-            # Forward takes any window up to the table's: HF's checks one.
-            encoder.__class__ = _cut_window_class(type(encoder))
+            bucket_samples = bucket * self._hop_length
+            encoder = self.model.encoder
+            if not getattr(encoder, "takes_cut_windows", False):
+                # Forward takes any window up to the table's: HF's checks
+                # the mel length against one.
+                encoder.__class__ = _cut_window_class(type(encoder))
+        self.window_bucket_s = window_bucket_s
+        self._bucket_samples = bucket_samples
 
     @property
     def window_samples(self):
@@ -273,6 +287,8 @@ def _cut_window_class(encoder_class):
     """
 
     class CutWindowEncoder(encoder_class):
+        takes_cut_windows = True
+
         def forward(self, input_features, attention_mask=None, **kwargs):
             """HF's encoder forward over ``input_features``' own length.
 

@@ -56,9 +56,13 @@ def test_speed_benchmark_on_tiny_fixture(tmp_path, tiny_whisper_dir):
         "full finetune",
         "PEFT LoRA [dec]",
         "expert LoRA [dec]",
+        "PEFT LoRA [dec], cut windows",
+        "expert LoRA [dec], cut windows",
         "distill, 2 teachers [dec]",
         "PEFT LoRA [dec], cached prefix",
         "expert LoRA [dec], cached prefix",
+        "PEFT LoRA [dec], cached prefix, cut windows",
+        "expert LoRA [dec], cached prefix, cut windows",
         "distill, 2 teachers [dec], cached prefix",
     ]
     for row in decode + train:
@@ -73,15 +77,26 @@ def test_speed_benchmark_on_tiny_fixture(tmp_path, tiny_whisper_dir):
             assert row["ratio"] == pytest.approx(
                 row["seconds"] / seconds[row["baseline"]]
             )
-    assert train[3]["baseline"] == "expert LoRA [dec]"
-    assert train[6]["baseline"] == "expert LoRA [dec], cached prefix"
-    assert [row["cache"] for row in train] == [False] * 4 + [True] * 3
-    # Our LoRA against PEFT's on the same layers, in the same run.
-    assert train[2]["ratio_vs_peft"] == pytest.approx(
-        train[2]["seconds"] / train[1]["seconds"]
-    )
-    assert train[3]["ratio_vs_full_finetune"] == pytest.approx(
-        train[3]["seconds"] / train[0]["seconds"]
+    assert train[5]["baseline"] == "expert LoRA [dec]"
+    assert train[10]["baseline"] == "expert LoRA [dec], cached prefix"
+    assert [row["cache"] for row in train] == [False] * 6 + [True] * 5
+    assert [row["cut"] for row in train] == [False, False, False] + [
+        True,
+        True,
+        False,
+        False,
+        False,
+        True,
+        True,
+        False,
+    ]
+    # Our LoRA against PEFT's on the same layers and windows, in the same run.
+    for ours, peft in ((2, 1), (4, 3), (7, 6), (9, 8)):
+        assert train[ours]["ratio_vs_peft"] == pytest.approx(
+            train[ours]["seconds"] / train[peft]["seconds"]
+        )
+    assert train[5]["ratio_vs_full_finetune"] == pytest.approx(
+        train[5]["seconds"] / train[0]["seconds"]
     )
     # The report shows what was measured.
     report = (out / "speed.md").read_text()

@@ -305,7 +305,9 @@ class WhisperExpertsBrain(sb.Brain):
         (student, teachers, the gate's base pass) starts from it.
         """
         if self.whisper.window_bucket_s is not None:
-            self._windows.append(self.whisper.batch_samples(wavs.shape[1]))
+            # Tallied per stage (on_stage_start); a bare fit_batch too.
+            window = self.whisper.batch_samples(wavs.shape[1])
+            vars(self).setdefault("_windows", []).append(window)
         if self.prefix_cache is not None:
             return self.prefix_cache.hidden(wavs)
         return self.whisper._get_mel(wavs)
@@ -461,7 +463,7 @@ class WhisperExpertsBrain(sb.Brain):
                 cache.counts["loaded"],
             )
             cache.counts = dict.fromkeys(cache.counts, 0)
-        if self._windows:
+        if getattr(self, "_windows", None):
             rate = self.hparams.sample_rate
             logger.info(
                 "%s: encoder windows cut to the batch: %.2f s on average "
