@@ -152,12 +152,18 @@ def test_fusion_and_distillation_train_alike_from_the_cache(
             f"--prefix_cache_folder={folder}",
             "--prefix_cache_dtype=float32",
             f"--window_bucket_s={'null' if bucket is None else bucket}",
+            # Cut windows with batches of similar durations, as a user would.
+            f"--dynamic_batching={bucket is not None}",
+            "--dynamic_batch_sampler={max_batch_length: 6, num_buckets: 2}",
             yaml=yaml,
             epochs=1,
         )
         assert ("frozen-prefix cache on" in log) == (cache == "True")
         assert ("train: encoder windows cut to the batch" in log) == bool(
             bucket
+        )
+        assert ("dynamic batching: the batch sampler replaces" in log) == (
+            bucket is not None
         )
         runs[cache] = load_file(str(out / written))
         with open(out / "model" / "model.json", encoding="utf-8") as f:

@@ -57,6 +57,7 @@ from speechbrain_lora_experts.attach import WhisperLoRAExperts
 from speechbrain_lora_experts.checkpointing import (
     quarantine_incomplete_checkpoints,
 )
+from speechbrain_lora_experts.data.batching import train_loader_options
 from speechbrain_lora_experts.data.pipeline import build_dataset, target_mask
 from speechbrain_lora_experts.distill import (
     MULTILINGUAL_TEACHER,
@@ -1194,7 +1195,12 @@ if __name__ == "__main__":
         brain.hparams.epoch_counter,
         datasets["train"],
         datasets["valid"],
-        train_loader_kwargs=hparams["train_dataloader_opts"],
+        train_loader_kwargs=train_loader_options(
+            datasets["train"],
+            hparams["train_dataloader_opts"],
+            dynamic=hparams.get("dynamic_batching", False),
+            sampler=hparams.get("dynamic_batch_sampler"),
+        ),
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
     )
     for prefix, test_set in datasets["test"].items():
