@@ -169,6 +169,16 @@ LEAD_SYSTEMS = {
             "shared_adapter": SHARED,
         },
     ),
+    # The gate reads the hidden states entering the first adapted encoder
+    # layer: evidence the fused model computes anyway, so no second
+    # (frozen) encoder pass as whisper_lid's. Informative only with
+    # experts from an upper layer (--recipe_override "lora_layers=
+    # {encoder: 4-5}"): lid_evidence.md.
+    "fusion_first_adapted": dict(
+        hparams="fuse.yaml",
+        pool="plain",
+        overrides={"gate_features": "first_adapted"},
+    ),
     "shared_expert_fusion": dict(
         hparams="fuse.yaml", pool="shared", overrides={"shared_adapter": SHARED}
     ),
