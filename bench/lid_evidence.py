@@ -79,7 +79,7 @@ def layer_features(whisper, wavs, durations):
     positions); index n: the encoder output (after the final norm).
     Frames past a clip's end are left out of the mean.
     """
-    from speechbrain_lora_experts.frozen_prefix import (
+    from speechbrain_lora_experts.whisper import (
         encoder_front,
         run_encoder_layers,
     )

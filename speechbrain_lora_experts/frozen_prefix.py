@@ -37,9 +37,9 @@ import tempfile
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from speechbrain_lora_experts.attach import whisper_model
+from speechbrain_lora_experts.whisper import encoder_front, run_encoder_layers
 
 logger = logging.getLogger(__name__)
 
@@ -120,53 +120,6 @@ def first_trainable_layer(encoder):
         if any(p.requires_grad for p in layer.parameters()):
             return index
     return len(encoder.layers)
-
-
-def encoder_front(encoder, features):
-    """HF ``WhisperEncoder.forward`` up to its first layer.
-
-    Convolutions and positions; no dropout (``check`` refuses a Whisper
-    with dropout).
-
-    Arguments
-    ---------
-    encoder : transformers WhisperEncoder
-        The encoder.
-    features : torch.Tensor
-        ``[B, n_mels, frames]`` log-mel.
-
-    Returns
-    -------
-    torch.Tensor
-        ``[B, frames / 2, D]``, the input of encoder layer 0.
-    """
-    hidden = nn.functional.gelu(encoder.conv1(features))
-    hidden = nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
-    positions = torch.arange(hidden.shape[1], device=hidden.device)
-    return hidden + encoder.embed_positions(positions)
-
-
-def run_encoder_layers(layers, hidden):
-    """``hidden`` through Whisper encoder ``layers``, no attention mask.
-
-    Layers return a tensor or, in older transformers, a tuple.
-
-    Arguments
-    ---------
-    layers : iterable of WhisperEncoderLayer
-        Consecutive encoder layers.
-    hidden : torch.Tensor
-        ``[B, T, D]`` input of the first of them.
-
-    Returns
-    -------
-    torch.Tensor
-        The output of the last.
-    """
-    for layer in layers:
-        out = layer(hidden, None)
-        hidden = out[0] if isinstance(out, tuple) else out
-    return hidden
 
 
 class FrozenPrefixCache:

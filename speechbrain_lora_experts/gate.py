@@ -19,7 +19,7 @@ Authors
 import torch
 import torch.nn as nn
 
-from speechbrain_lora_experts.frozen_prefix import run_encoder_layers
+from speechbrain_lora_experts.whisper import run_encoder_layers
 
 GATE_FEATURES = ("whisper_lid", "base_encoder", "first_adapted")
 

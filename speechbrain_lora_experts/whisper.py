@@ -276,6 +276,53 @@ class Whisper(SBWhisper):
         return (log_spec + 4.0) / 4.0
 
 
+def encoder_front(encoder, features):
+    """HF ``WhisperEncoder.forward`` up to its first layer's dropout.
+
+    Convolutions and the first positions of the table, as many as the
+    features give (a cut or shortened window takes the table's start).
+
+    Arguments
+    ---------
+    encoder : transformers WhisperEncoder
+        The encoder.
+    features : torch.Tensor
+        ``[B, n_mels, frames]`` log-mel.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[B, frames / 2, D]``, the input of encoder layer 0.
+    """
+    hidden = nn.functional.gelu(encoder.conv1(features))
+    hidden = nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
+    positions = torch.arange(hidden.shape[1], device=hidden.device)
+    return hidden + encoder.embed_positions(positions)
+
+
+def run_encoder_layers(layers, hidden):
+    """``hidden`` through Whisper encoder ``layers``, no attention mask.
+
+    Layers return a tensor or, in older transformers, a tuple.
+
+    Arguments
+    ---------
+    layers : iterable of WhisperEncoderLayer
+        Consecutive encoder layers.
+    hidden : torch.Tensor
+        ``[B, T, D]`` input of the first of them.
+
+    Returns
+    -------
+    torch.Tensor
+        The output of the last.
+    """
+    for layer in layers:
+        out = layer(hidden, None)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
+
+
 @functools.cache
 def _cut_window_class(encoder_class):
     """``encoder_class`` whose forward takes windows shorter than its table.
@@ -314,9 +361,7 @@ def _cut_window_class(encoder_class):
                     f"the encoder takes an even number of mel frames, at "
                     f"most {2 * table}; got {input_features.shape[-1]}"
                 )
-            hidden = nn.functional.gelu(self.conv1(input_features))
-            hidden = nn.functional.gelu(self.conv2(hidden)).permute(0, 2, 1)
-            hidden = hidden + self.embed_positions.weight[:positions]
+            hidden = encoder_front(self, input_features)
             hidden = nn.functional.dropout(
                 hidden, p=self.dropout, training=self.training
             )
@@ -326,8 +371,7 @@ def _cut_window_class(encoder_class):
                     if torch.rand([]) < self.layerdrop:
                         states.append(hidden)
                         continue
-                out = layer(hidden, None)
-                hidden = out[0] if isinstance(out, tuple) else out
+                hidden = run_encoder_layers([layer], hidden)
                 states.append(hidden)
             hidden = self.layer_norm(hidden)
             states[-1] = hidden
