@@ -157,6 +157,19 @@ LEAD_POOLS = {
         hparams="expert.yaml",
         overrides={"shared_adapter": SHARED, "validate_before_training": True},
     ),
+    # Decoder-only residual experts on the shared LoRA (encoder and
+    # decoder). Deployed (LoRAExpertsASR), the encoder runs once, with the
+    # shared LoRA alone, and the shared decoder's first step names the
+    # language that routes the experts: no second encoder pass (issue 12).
+    # The recipe's oracle below routes by the true language instead.
+    "shared_dec": dict(
+        hparams="expert.yaml",
+        overrides={
+            "shared_adapter": SHARED,
+            "validate_before_training": True,
+            "lora_parts": "[decoder]",
+        },
+    ),
 }
 LEAD_SYSTEMS = {
     "shared_expert_oracle": dict(
@@ -178,6 +191,17 @@ LEAD_SYSTEMS = {
         hparams="fuse.yaml",
         pool="plain",
         overrides={"gate_features": "first_adapted"},
+    ),
+    "shared_dec_expert_oracle": dict(
+        hparams="fuse.yaml",
+        pool="shared_dec",
+        train=False,
+        overrides={
+            "fusion": "oracle",
+            "lid_source": "decoder",
+            "shared_adapter": SHARED,
+            "lora_parts": "[decoder]",
+        },
     ),
     "shared_expert_fusion": dict(
         hparams="fuse.yaml", pool="shared", overrides={"shared_adapter": SHARED}
