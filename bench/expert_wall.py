@@ -100,6 +100,11 @@ def parse_args(argv=None):
         help="window_bucket_s of the 'cut' configurations",
     )
     parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument(
+        "--conditions",
+        default="one run at a time",
+        help="what else ran on the machine (reported beside wall times)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument(
@@ -332,8 +337,9 @@ def write_markdown(path, result):
         f"{s['test']} test (espeak-ng demo corpus, {s['text_source']} text, "
         f"seed {s['seed']}), "
         f"{s['epochs']} epochs (all run), batch {s['batch_size']}, "
-        f"{s['window']:g} s window, CPU, {s['threads']} threads, one run at "
-        "a time. *run*: the whole command (preparation, every epoch with "
+        f"{s['window']:g} s window, CPU, {s['threads']} threads, "
+        f"{s.get('conditions', 'one run at a time')}. *run*: the whole "
+        "command (preparation, every epoch with "
         "its dev decoding, test, export); *training*: first epoch start to "
         "last epoch end. Cached runs start from an empty cache; *cut* runs "
         f"cut each batch's window to its longest clip rounded up to "
@@ -445,6 +451,7 @@ def main(argv=None):
             window=args.window,
             bucket=args.bucket,
             bootstrap=args.bootstrap,
+            conditions=args.conditions,
             threads=args.threads,
             seed=args.seed,
             text_source=args.text_source,
