@@ -40,3 +40,31 @@ def test_unusable_options_and_durations_are_named():
     bad = DynamicItemDataset({"u0": {"duration": 1.0}, "u1": {"wav": "x"}})
     with pytest.raises(ValueError, match="'u1' has duration None"):
         train_loader_options(bad, {}, dynamic=True, sampler=SAMPLER)
+
+
+def test_the_recipe_reshuffles_dynamic_batches_every_epoch():
+    import speechbrain as sb
+    from speechbrain_lora_experts.recipe_runner import load_recipe_script
+
+    recipe = load_recipe_script()
+    durations = [1.0 + 0.25 * i for i in range(16)]
+    data = dataset(durations)
+    opts = train_loader_options(
+        data,
+        {"batch_size": 4},
+        dynamic=True,
+        sampler={"max_batch_length": 6, "num_buckets": 2, "shuffle": True},
+    )
+    brain = sb.Brain.__new__(recipe.WhisperExpertsBrain)
+    brain.train_sampler = None
+    brain.distributed_launch = False
+    brain.checkpointer = None
+    recipe.WhisperExpertsBrain.make_dataloader(
+        brain, data, sb.Stage.TRAIN, **opts
+    )
+    assert brain.train_sampler is opts["batch_sampler"]
+    epochs = []
+    for epoch in (1, 2):
+        brain.train_sampler.set_epoch(epoch)
+        epochs.append([list(batch) for batch in brain.train_sampler])
+    assert epochs[0] != epochs[1]

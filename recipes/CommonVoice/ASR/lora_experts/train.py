@@ -423,7 +423,18 @@ class WhisperExpertsBrain(sb.Brain):
         every later dropout mask; a private generator keeps resume exact.
         """
         kw.setdefault("generator", torch.Generator().manual_seed(0))
-        return super().make_dataloader(dataset, stage, ckpt_prefix, **kw)
+        loader = super().make_dataloader(dataset, stage, ckpt_prefix, **kw)
+        batch_sampler = kw.get("batch_sampler")
+        if (
+            stage == sb.Stage.TRAIN
+            and self.train_sampler is None
+            and hasattr(batch_sampler, "set_epoch")
+        ):
+            # SpeechBrain tells a batch sampler the epoch only under DDP;
+            # without it DynamicBatchSampler draws the same batches in every
+            # epoch.
+            self.train_sampler = batch_sampler
+        return loader
 
     # DDP: gradients are averaged by hand, because the Brain calls Whisper's
     # encoder and decoder methods directly, never a DDP-wrapped forward.
