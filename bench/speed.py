@@ -1102,10 +1102,14 @@ def compare_with_previous(result, previous, args):
         if old_memory and phase not in result.get("memory", {}):
             result.setdefault("memory", {})[phase] = old_memory
     if carried:
+        # Rows the previous file had carried over keep their own origin.
+        origin = previous.get("carried_over") or {}
+        if not set(carried) <= set(origin.get("phases", ())):
+            origin = previous
         result["carried_over"] = dict(
             phases=carried,
-            git=previous.get("git"),
-            wall_s=previous.get("wall_s"),
+            git=origin.get("git"),
+            wall_s=origin.get("wall_s"),
         )
     result["previous"] = dict(
         git=previous.get("git"), audio=previous["settings"].get("audio")
