@@ -11,8 +11,9 @@ only the encoder layers from ``k`` on.
 
 Entries are keyed by
 
-* the clip: a hash of its samples, padded or trimmed to the window, so a
-  re-prepared or edited clip is a new entry;
+* the clip: a hash of its samples, padded or trimmed to the window (with
+  windows cut to the batch, the batch's window: one entry per length), so
+  a re-prepared or edited clip is a new entry;
 * the frozen weights: a hash of every parameter and buffer below layer
   ``k`` (a merged shared adapter or another checkpoint is another folder),
   together with ``k``, the window and the stored dtype.

@@ -336,6 +336,8 @@ def _cut_window_class(encoder_class):
     """
 
     class CutWindowEncoder(encoder_class):
+        """The encoder; its forward takes windows up to its table's."""
+
         takes_cut_windows = True
 
         def forward(self, input_features, attention_mask=None, **kwargs):
