@@ -6,25 +6,14 @@ import sys
 
 import pytest
 import torch
+from demo_corpora import tiny_corpus
 from recipe_rows import run_in_recipe
 from safetensors.torch import load_file
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from speechbrain_lora_experts.data.demo import build_demo_corpus
-
-    root = tmp_path_factory.mktemp("prefix")
-    build_demo_corpus(
-        root / "corpus",
-        ["de", "es"],
-        per_split=(4, 2, 2),
-        seed=5,
-        formats=("common_voice",),
-        speakers=2,
-        progress=False,
-    )
-    return root
+    return tiny_corpus(tmp_path_factory.mktemp("prefix"), ["de", "es"], 5)
 
 
 def train(

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from demo_corpora import tiny_corpus
 from recipe_rows import RECIPE, run_in_recipe
 
 # Runs train.py, raising KeyboardInterrupt inside the N-th training step.
@@ -29,19 +30,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, tiny_whisper_dir):
-    from speechbrain_lora_experts.data.demo import build_demo_corpus
-
     root = tmp_path_factory.mktemp("robust")
-    build_demo_corpus(
-        root / "corpus",
-        ["de"],
-        per_split=(5, 2, 2),
-        seed=4,
-        formats=("common_voice",),
-        speakers=2,
-        progress=False,
-    )
-    return root
+    return tiny_corpus(root, ["de"], 4, per_split=(5, 2, 2))
 
 
 def flags(root, whisper, out, *extra):
@@ -123,19 +113,7 @@ torch.save(
 @pytest.fixture(scope="module")
 def even_corpus(tmp_path_factory, tiny_whisper_dir):
     """Four training clips: two processes of batch 1 see them in pairs."""
-    from speechbrain_lora_experts.data.demo import build_demo_corpus
-
-    root = tmp_path_factory.mktemp("ddp")
-    build_demo_corpus(
-        root / "corpus",
-        ["de"],
-        per_split=(4, 2, 2),
-        seed=5,
-        formats=("common_voice",),
-        speakers=2,
-        progress=False,
-    )
-    return root
+    return tiny_corpus(tmp_path_factory.mktemp("ddp"), ["de"], 5)
 
 
 @pytest.mark.skipif(

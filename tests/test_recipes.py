@@ -16,6 +16,7 @@ import sys
 
 import pytest
 import torch
+from demo_corpora import tiny_corpus
 from recipe_rows import (
     ROOT,
     STANDALONE_FLAGS,
@@ -29,18 +30,9 @@ LANGUAGES = ("de", "es")
 
 @pytest.fixture(scope="module")
 def recipe_env(tmp_path_factory, tiny_whisper_dir):
-    from speechbrain_lora_experts.data.demo import build_demo_corpus
-
     root = tmp_path_factory.mktemp("recipes")
-    build_demo_corpus(
-        root / "corpus",
-        LANGUAGES,
-        per_split=(4, 2, 2),
-        seed=3,
-        formats=("common_voice", "fleurs"),
-        speakers=2,
-        progress=False,
-    )
+    formats = ("common_voice", "fleurs")
+    tiny_corpus(root, LANGUAGES, 3, formats=formats)
     return {"root": root, "whisper": tiny_whisper_dir}
 
 

@@ -11,6 +11,7 @@ import os
 
 import pytest
 import torch
+from demo_corpora import tiny_corpus
 
 from speechbrain_lora_experts.peft_io import read_adapter
 from speechbrain_lora_experts.recipe_runner import run_recipe
@@ -21,18 +22,8 @@ LAYER = "decoder.layers.0.fc1"
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_whisper_dir):
-    from speechbrain_lora_experts.data.demo import build_demo_corpus
-
     root = tmp_path_factory.mktemp("shared_expert")
-    build_demo_corpus(
-        root / "corpus",
-        ("de", "es"),
-        per_split=(4, 2, 2),
-        seed=5,
-        formats=("common_voice",),
-        speakers=2,
-        progress=False,
-    )
+    tiny_corpus(root, ("de", "es"), 5)
     common = dict(
         data_folder=str(root / "corpus" / "common_voice"),
         whisper_hub=tiny_whisper_dir,
