@@ -369,8 +369,8 @@ def decoding_inputs(utterances, whisper, device):
     wav = torch.zeros(len(utterances), length)
     for row, utt in zip(wav, utterances):
         row[: len(utt["wav"])] = utt["wav"]
-    valid = torch.tensor(
-        [len(u["wav"]) / whisper.window_samples for u in utterances]
+    valid = whisper.window_share(
+        torch.tensor([len(u["wav"]) for u in utterances]), length
     )
     prompts = prompt_tokens(whisper, [u["lang"] for u in utterances])
     return wav.to(device), valid.to(device), prompts.to(device)

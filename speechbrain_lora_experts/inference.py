@@ -1500,8 +1500,8 @@ class LoRAExpertsASR(WhisperASR):
         """
         wavs, lengths = self._batch(wavs, wav_lens)
         given = self._check_languages(languages, wavs.shape[0])
-        window = self.whisper.batch_samples(wavs.shape[-1])
-        valid = (lengths.float() / window).to(self.device)
+        valid = self.whisper.window_share(lengths, wavs.shape[-1])
+        valid = valid.to(self.device)
         durations = lengths.double() / self.hparams.sample_rate
         wavs = wavs.to(self.device)
         with contextlib.ExitStack() as stack:

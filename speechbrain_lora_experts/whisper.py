@@ -239,6 +239,26 @@ class Whisper(SBWhisper):
         buckets = max(1, math.ceil(int(n_samples) / self._bucket_samples))
         return min(self._n_samples, buckets * self._bucket_samples)
 
+    def window_share(self, lengths, n_samples):
+        """Share of its batch's encoder window each clip fills.
+
+        What the gate pools over: with cut windows the window is the
+        batch's, not ``encoder_window_s``.
+
+        Arguments
+        ---------
+        lengths : torch.Tensor
+            ``[B]`` clip lengths in samples.
+        n_samples : int
+            Length of the padded batch.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B]`` floats in (0, 1].
+        """
+        return lengths.float() / self.batch_samples(n_samples)
+
     def _get_mel(self, wav):
         """Log-mel features of ``wav`` padded/trimmed to its window."""
         return self.log_mel_spectrogram(

@@ -702,9 +702,9 @@ class FusionBrain(WhisperExpertsBrain):
         elif self.uses_tap:
             wavs, wav_lens = batch.sig
             self._tap.prepare(
-                valid_fraction=wav_lens
-                * wavs.shape[1]
-                / self.whisper.batch_samples(wavs.shape[1]),
+                valid_fraction=self.whisper.window_share(
+                    wav_lens * wavs.shape[1], wavs.shape[1]
+                ),
                 language=self.lang_ids(batch) if self.language_aware else None,
             )
         else:
