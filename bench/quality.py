@@ -437,7 +437,10 @@ def plan_runs(args):
     scenario, seed)``. Tasks: ``hparams``, ``out``, ``overrides``,
     ``deps`` (keys), ``n_train``, ``epochs``.
     """
-    pools = sorted({SYSTEMS[s].get("pool") for s in args.systems} - {None})
+    pools = sorted(
+        ({SYSTEMS[s].get("pool") for s in args.systems} - {None})
+        | set(args.pools)
+    )
     # A pool or system may reference a system not asked for: add it.
     systems = list(args.systems)
     tasks = {}
@@ -1387,7 +1390,17 @@ def parse_args(argv):
     parser.add_argument("--text_source", choices=("django", "bible"))
     parser.add_argument("--languages", default=None)
     parser.add_argument("--seeds", default=None)
-    parser.add_argument("--systems", default=None)
+    parser.add_argument(
+        "--systems",
+        default=None,
+        help="comma-separated SYSTEMS (default: the setting's); '' for none",
+    )
+    parser.add_argument(
+        "--pools",
+        default="",
+        help="expert pools to train even if no system reads them "
+        "(e.g. shared: bench/tune_residual.py)",
+    )
     parser.add_argument("--scenarios", default=None)
     parser.add_argument("--max_steps", type=int, default=None)
     parser.add_argument(
@@ -1454,8 +1467,11 @@ def parse_args(argv):
         else setting["seeds"]
     )
     args.systems = (
-        args.systems.split(",") if args.systems else setting["systems"]
+        [s for s in args.systems.split(",") if s]
+        if args.systems is not None
+        else setting["systems"]
     )
+    args.pools = [p for p in args.pools.split(",") if p]
     args.scenarios = (
         args.scenarios.split(",") if args.scenarios else setting["scenarios"]
     )
@@ -1484,6 +1500,11 @@ def parse_args(argv):
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems {sorted(unknown)}")
+    unknown = set(args.pools) - set(POOLS)
+    if unknown:
+        parser.error(
+            f"unknown pools {sorted(unknown)}; choose from {sorted(POOLS)}"
+        )
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}")

@@ -57,13 +57,15 @@ KNOBS = (
 )
 
 
-def parse_grid(text):
+def parse_grid(text, knobs=KNOBS):
     """``"a=1,2;b=3"`` -> list of ``{"a": "1", "b": "3"}`` points.
 
     Arguments
     ---------
     text : str
-        ``;``-separated ``KNOB=v1,v2`` items, knobs from ``KNOBS``.
+        ``;``-separated ``KNOB=v1,v2`` items.
+    knobs : tuple of str
+        The recipe options a grid may set (default: ``KNOBS``).
 
     Returns
     -------
@@ -86,10 +88,10 @@ distill_anchor_weight, lr
     for item in filter(None, (part.strip() for part in text.split(";"))):
         knob, _, values = item.partition("=")
         knob = knob.strip()
-        if knob not in KNOBS:
+        if knob not in knobs:
             raise ValueError(
                 f"unknown knob {knob!r} in --grid; choose from "
-                + ", ".join(KNOBS)
+                + ", ".join(knobs)
             )
         values = [v.strip() for v in values.split(",") if v.strip()]
         if not values:
@@ -171,14 +173,20 @@ def best_dev(run_folder):
     >>> best["epoch"], best["error_rate"]
     (1, 28.0)
     """
+    curve = read_dev_curve(run_folder)
+    if curve is None:
+        return None
+    return dict(min(curve, key=dev_rank), curve=curve)
+
+
+def read_dev_curve(run_folder):
+    """A run's ``dev_curve.json`` points, or None before any epoch."""
     path = os.path.join(run_folder, "dev_curve.json")
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
         curve = json.load(f)
-    if not curve:
-        return None
-    return dict(min(curve, key=dev_rank), curve=curve)
+    return curve or None
 
 
 def dev_rank(point):
@@ -198,40 +206,76 @@ def dev_rank(point):
     return (rate is None, rate if rate is not None else 0, point["loss"])
 
 
-def parse_args(argv=None):
-    """Command line."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def grid_parser(description, name, parallel):
+    """The command line every dev-tuning grid shares.
+
+    Arguments
+    ---------
+    description : str
+        The script's one-line description.
+    name : str
+        Default work folder (under ``bench/work``) and result name.
+    parallel : int
+        Default grid points at a time.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--whisper", required=True)
     parser.add_argument("--base_work", required=True)
     parser.add_argument("--grid", required=True)
     parser.add_argument("--setting", default="small")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--scenario", default="aware")
     parser.add_argument(
-        "--parallel", type=int, default=2, help="grid points at a time"
+        "--parallel", type=int, default=parallel, help="grid points at a time"
     )
-    parser.add_argument(
-        "--work", default=os.path.join(HERE, "work", "tune_distill")
-    )
+    parser.add_argument("--work", default=os.path.join(HERE, "work", name))
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
-    parser.add_argument("--name", default="tune_distill")
+    parser.add_argument("--name", default=name)
     parser.add_argument("--dry_run", action="store_true")
     parser.add_argument(
         "--collect_only",
         action="store_true",
         help="report the dev curves the points have so far; run nothing",
     )
+    return parser
+
+
+def parse_args(argv=None):
+    """Command line."""
+    parser = grid_parser(__doc__.split("\n")[0], "tune_distill", parallel=2)
+    parser.add_argument("--scenario", default="aware")
     return parser.parse_args(argv)
 
 
-def point_argv(args, point, work):
-    """``bench/quality.py`` arguments of one grid point."""
+def quality_argv(args, point, work, scenario, runs):
+    """``bench/quality.py`` arguments of one grid point.
+
+    Arguments
+    ---------
+    args : argparse.Namespace
+        From ``grid_parser``.
+    point : dict
+        The point's recipe options.
+    work : str
+        The point's work folder.
+    scenario : str
+        The scenario to run.
+    runs : list of str
+        What to train: ``--systems=...`` (and ``--pools=...``).
+
+    Returns
+    -------
+    list of str
+    """
     argv = [
         f"--setting={args.setting}",
         f"--whisper={args.whisper}",
         f"--seeds={args.seed}",
-        f"--scenarios={args.scenario}",
-        f"--systems={SYSTEM}",
+        f"--scenarios={scenario}",
+        *runs,
         "--jobs=1",
         f"--work={work}",
         f"--out={os.path.join(work, 'results')}",
@@ -240,6 +284,13 @@ def point_argv(args, point, work):
     ]
     argv += [f"--recipe_override={k}={v}" for k, v in point.items()]
     return argv
+
+
+def point_argv(args, point, work):
+    """``bench/quality.py`` arguments of one grid point."""
+    return quality_argv(
+        args, point, work, args.scenario, [f"--systems={SYSTEM}"]
+    )
 
 
 def run_point(argv):
@@ -290,8 +341,13 @@ def write_markdown(path, result):
             )
             + " |"
         )
+    write_grid_markdown(path, lines, result)
+
+
+def write_grid_markdown(path, lines, result):
+    """Writes a grid's table ``lines`` with the chosen point and command."""
     chosen = result.get("chosen")
-    lines += [
+    lines = lines + [
         "",
         f"Chosen: `{chosen}`." if chosen else "Chosen: none (no point ran).",
         "",
@@ -302,12 +358,37 @@ def write_markdown(path, result):
         f.write("\n".join(lines))
 
 
-def main(argv=None):
-    """Runs the grid (or, with ``--dry_run``, lists its commands)."""
-    args = parse_args(argv)
+def run_grid(args, argv, knobs, point_argv, score, rank, key, script):
+    """Runs the grid's points (unless ``--collect_only``) and scores them.
+
+    Arguments
+    ---------
+    args : argparse.Namespace
+        From ``grid_parser`` (plus ``scenario``: the base runs to link).
+    argv : list of str or None
+        The command line, for the record.
+    knobs : tuple of str
+        The options the grid may set.
+    point_argv : callable
+        ``(args, point, work) -> bench/quality.py arguments``.
+    score : callable
+        ``work -> score`` of a point, or None if it has not run.
+    rank : callable
+        ``score -> sort key``, best first.
+    key : str
+        The rows' name for the score.
+    script : str
+        The tuner's path, for the recorded command.
+
+    Returns
+    -------
+    dict or None
+        The result's common fields (``points`` ranked, unscored last;
+        ``chosen``); None with ``--dry_run`` (the commands are printed).
+    """
     args.base_work = os.path.abspath(os.path.expanduser(args.base_work))
     args.work = os.path.abspath(os.path.expanduser(args.work))
-    points = parse_grid(args.grid)
+    points = parse_grid(args.grid, knobs)
     works = [os.path.join(args.work, point_name(p)) for p in points]
     commands = [point_argv(args, p, w) for p, w in zip(points, works)]
     if args.dry_run:
@@ -319,17 +400,13 @@ def main(argv=None):
             link_base_runs(args.base_work, work, args.seed, args.scenario)
         with concurrent.futures.ThreadPoolExecutor(max(1, args.parallel)) as ex:
             list(ex.map(run_point, commands))
-    rows = []
-    for point, work in zip(points, works):
-        run = os.path.join(
-            work, f"seed{args.seed}", f"{SYSTEM}_{args.scenario}"
-        )
-        rows.append(
-            dict(name=point_name(point), point=point, best=best_dev(run))
-        )
+    rows = [
+        {"name": point_name(point), "point": point, key: score(work)}
+        for point, work in zip(points, works)
+    ]
     ranked = sorted(
-        (row for row in rows if row["best"] is not None),
-        key=lambda row: dev_rank(row["best"]),
+        (row for row in rows if row[key] is not None),
+        key=lambda row: rank(row[key]),
     )
     names = {
         os.path.abspath(os.path.expanduser(args.whisper)): "<whisper>",
@@ -339,24 +416,45 @@ def main(argv=None):
         os.path.expanduser("~"): "~",
     }
     command = quality.command_line(
-        argv if argv is not None else sys.argv[1:],
-        names,
-        script="bench/tune_distill.py",
+        argv if argv is not None else sys.argv[1:], names, script=script
     )
     commit, dirty = quality.git_commit()
-    result = dict(
-        benchmark="tune_distill",
+    return dict(
         command=command,
         commit=commit,
         uncommitted_changes=dirty,
         setting=args.setting,
         seed=args.seed,
-        scenario=args.scenario,
         whisper=public_name(args.whisper),
         grid=args.grid,
-        points=ranked + [row for row in rows if row["best"] is None],
+        points=ranked + [row for row in rows if row[key] is None],
         chosen=ranked[0]["name"] if ranked else None,
     )
+
+
+def main(argv=None):
+    """Runs the grid (or, with ``--dry_run``, lists its commands)."""
+    args = parse_args(argv)
+
+    def score(work):
+        run = os.path.join(
+            work, f"seed{args.seed}", f"{SYSTEM}_{args.scenario}"
+        )
+        return best_dev(run)
+
+    result = run_grid(
+        args,
+        argv,
+        KNOBS,
+        point_argv,
+        score,
+        dev_rank,
+        "best",
+        "bench/tune_distill.py",
+    )
+    if result is None:
+        return None
+    result = dict(benchmark="tune_distill", scenario=args.scenario, **result)
     save_result(args.out, args.name, result, write_markdown)
     return result
 

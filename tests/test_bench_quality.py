@@ -232,6 +232,20 @@ def test_systems_reference_other_runs(tmp_path):
         quality.resolve("{run:nope}", {}, "aware", args)
 
 
+def test_a_pool_alone_trains_with_what_it_references(tmp_path):
+    # --systems '' --pools shared (bench/tune_residual.py): the residual
+    # experts and the multilingual LoRA they refine, no system.
+    args = _args(tmp_path, systems="", pools="shared")
+    tasks = quality.plan_runs(args)
+    assert sorted(tasks) == [
+        ("expert", "shared", "de", 1),
+        ("expert", "shared", "it", 1),
+        ("system", "multilingual_lora", "aware", 1),
+    ]
+    with pytest.raises(SystemExit):
+        _args(tmp_path, pools="nope")
+
+
 def test_estimate_of_the_medium_setting(capsys):
     # 6 experts, then 5 systems: the experts and the multilingual LoRA
     # share the first wave, fusion, distillation and oracle the second.
