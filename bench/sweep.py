@@ -9,16 +9,28 @@ the multilingual LoRA, language-aware, in-domain, as one factor changes:
 * the LoRA rank (experts and multilingual LoRA alike).
 
 Every point is one ``bench/quality.py`` benchmark (small setting: its
-step budget, batch, window and test size) in its own work folder, so an
+batch, window, learning rate and test size) in its own work folder, so an
 interrupted sweep resumes point by point; points that share languages and
-sizes share a corpus. Writes ``<out>/<name>.json`` (every point's gain
-with its bootstrap interval and the multilingual LoRA's macro) and a plot
-of gain against each factor.
+sizes share a corpus. The step budget grows with the data: every point
+allows ``BUDGET_EPOCHS`` epochs of the multilingual LoRA over all its
+languages (the small setting's 240 steps at the centre), and each expert
+as many steps (early stopping on dev ends every run at its optimum).
+
+``--placement decoder`` puts every LoRA on the decoder only: the whole
+encoder is frozen and computed once per clip (frozen-prefix cache), which
+lets larger training sets fit a CPU session. It is about twice as bad in
+WER on this synthetic speech, with the same ordering of the systems
+(``bench/results/quality_small_dec.md``).
+
+Writes ``<out>/<name>.{json,md,png}``: every point's gain with its
+bootstrap interval and the multilingual LoRA's macro error rate, and the
+gain against each swept factor.
 
 Usage::
 
     python bench/sweep.py --whisper ~/.cache/lora-experts/whisper-base \\
-        [--shared] [--dry_run]
+        [--placement decoder] [--factors train] [--values train=40,160] \\
+        [--shared] [--dry_run] [--collect_only]
 
 Authors
  * speechbrain-lora-experts developers 2026
@@ -26,6 +38,7 @@ Authors
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -33,6 +46,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import quality  # noqa: E402
+from provenance import public_name  # noqa: E402
 
 LANGUAGE_SETS = {
     2: ["de", "it"],
@@ -41,13 +55,76 @@ LANGUAGE_SETS = {
 }
 CENTRE = dict(languages=4, train=40, rank=16)
 FACTORS = dict(languages=[2, 4, 8], train=[20, 40, 80], rank=[4, 16, 64])
+# Multilingual LoRA epochs in each point's step budget: the small
+# setting's 240 steps over 4 x 40 clips in batches of 4.
+BUDGET_EPOCHS = 6
+BATCH_SIZE = quality.SETTINGS["small"]["batch_size"]
+# Recipe options per placement; {work} is the sweep's work folder.
+PLACEMENTS = {
+    "encoder_decoder": [],
+    "decoder": [
+        "lora_parts=[decoder]",
+        "prefix_cache=True",
+        "prefix_cache_folder={work}/prefix_cache",
+    ],
+}
 
 
-def points():
-    """``(factor, value, point)`` of the sweep, the centre once."""
-    seen, out = set(), []
-    for factor, values in FACTORS.items():
-        for value in values:
+def parse_values(items):
+    """``["train=40,160"]`` -> ``{"train": [40, 160]}``.
+
+    Example
+    -------
+    >>> parse_values(["train=40,160", "rank=8"])
+    {'train': [40, 160], 'rank': [8]}
+    >>> parse_values(["epochs=3"])
+    Traceback (most recent call last):
+    ...
+    ValueError: --values: unknown factor 'epochs'; choose from languages, \
+train, rank
+    """
+    values = {}
+    for item in items:
+        factor, _, text = item.partition("=")
+        if factor not in FACTORS:
+            raise ValueError(
+                f"--values: unknown factor {factor!r}; choose from "
+                + ", ".join(FACTORS)
+            )
+        values[factor] = [int(v) for v in text.split(",") if v.strip()]
+        if factor == "languages" and set(values[factor]) - set(LANGUAGE_SETS):
+            raise ValueError(
+                f"--values: languages must be among {sorted(LANGUAGE_SETS)}"
+            )
+    return values
+
+
+def points(factors=None, values=None):
+    """``(factor, value, point)`` of the sweep, the centre once.
+
+    Arguments
+    ---------
+    factors : list of str, optional
+        The factors to vary (default: all of ``FACTORS``).
+    values : dict, optional
+        Values replacing ``FACTORS``' for some factors.
+
+    Returns
+    -------
+    list of tuple
+
+    Example
+    -------
+    >>> [(f, v) for f, v, _ in points(["train"], {"train": [40, 160]})]
+    [('centre', None), ('train', 160)]
+    >>> points(["rank"])[1][2]
+    {'languages': 4, 'train': 40, 'rank': 4}
+    """
+    grid = dict(FACTORS, **(values or {}))
+    out = [("centre", None, dict(CENTRE))]
+    seen = {tuple(sorted(CENTRE.items()))}
+    for factor in factors or list(FACTORS):
+        for value in grid[factor]:
             point = dict(CENTRE, **{factor: value})
             key = tuple(sorted(point.items()))
             if key not in seen:
@@ -56,26 +133,135 @@ def points():
     return out
 
 
+def max_steps(point):
+    """The point's step budget: ``BUDGET_EPOCHS`` of the multilingual LoRA.
+
+    Example
+    -------
+    >>> max_steps(CENTRE)
+    240
+    >>> max_steps(dict(CENTRE, train=160))
+    960
+    """
+    clips = point["languages"] * point["train"]
+    return BUDGET_EPOCHS * math.ceil(clips / BATCH_SIZE)
+
+
+def point_name(point):
+    """``l4_t40_r16``: languages, training clips per language, rank."""
+    return f"l{point['languages']}_t{point['train']}_r{point['rank']}"
+
+
 def point_argv(args, point, systems):
-    """``bench/quality.py`` arguments of one point."""
+    """``(name, bench/quality.py arguments)`` of one point."""
     languages = LANGUAGE_SETS[point["languages"]]
-    name = f"l{point['languages']}_t{point['train']}_r{point['rank']}"
+    name = point_name(point)
     corpus = f"l{point['languages']}_t{point['train']}"
     work = os.path.join(args.work, name)
-    return name, [
+    argv = [
         "--setting=small",
         f"--whisper={args.whisper}",
         f"--languages={','.join(languages)}",
         f"--per_split={point['train']},10,60",
-        f"--corpus={os.path.join(args.work, 'corpora', corpus)}",
+        f"--corpus={os.path.join(args.corpora, corpus)}",
+        f"--max_steps={max_steps(point)}",
         f"--recipe_override=lora_rank={point['rank']}",
         f"--systems={','.join(systems)}",
         "--scenarios=aware",
         f"--seeds={args.seeds}",
+        f"--jobs={args.jobs}",
         f"--work={work}",
         f"--out={os.path.join(work, 'results')}",
         f"--name={name}",
     ]
+    argv += [
+        "--recipe_override=" + option.format(work=args.work)
+        for option in PLACEMENTS[args.placement]
+    ]
+    if args.collect_only:
+        argv.append("--collect_only")
+    return name, argv
+
+
+def point_row(factor, value, point, name, result, systems):
+    """One point's line of the report from its quality result."""
+    in_domain = result["results"].get("in_domain", {}).get("systems", {})
+    base = in_domain.get("multilingual_lora/aware", {})
+    row = dict(
+        factor=factor,
+        value=value,
+        point=point,
+        name=name,
+        languages=LANGUAGE_SETS[point["languages"]],
+        max_steps=max_steps(point),
+        multilingual_lora_macro=base.get("macro"),
+        multilingual_lora_ci=base.get("macro_ci"),
+        commit=result.get("commit"),
+    )
+    for system in systems[1:]:
+        gain = in_domain.get(f"{system}/aware", {}).get("paired_gain")
+        row[system] = gain and dict(
+            gain=gain["gain"], ci=gain["ci"], seeds=gain["seeds"]
+        )
+    return row
+
+
+def parse_args(argv=None):
+    """Command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--whisper", required=True)
+    parser.add_argument("--seeds", default="1")
+    parser.add_argument(
+        "--shared", action="store_true", help="also shared + expert oracle"
+    )
+    parser.add_argument(
+        "--placement", choices=sorted(PLACEMENTS), default="encoder_decoder"
+    )
+    parser.add_argument(
+        "--factors",
+        default=",".join(FACTORS),
+        help="factors to vary, comma-separated (the others stay at the centre)",
+    )
+    parser.add_argument(
+        "--values",
+        action="append",
+        default=[],
+        metavar="FACTOR=V1,V2",
+        help="values of a factor instead of FACTORS' (repeatable)",
+    )
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once")
+    parser.add_argument("--work", default=None)
+    parser.add_argument(
+        "--corpora",
+        default=os.path.join(HERE, "work", "sweep_corpora"),
+        help="corpora, shared by placements",
+    )
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--name", default=None)
+    parser.add_argument("--dry_run", action="store_true")
+    parser.add_argument(
+        "--collect_only",
+        action="store_true",
+        help="report the finished points; run nothing",
+    )
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.factors = [f for f in args.factors.split(",") if f]
+    unknown = set(args.factors) - set(FACTORS)
+    if unknown:
+        parser.error(f"unknown factors {sorted(unknown)}")
+    try:
+        args.values = parse_values(args.values)
+    except ValueError as error:
+        parser.error(str(error))
+    suffix = "" if args.placement == "encoder_decoder" else f"_{args.placement}"
+    if args.work is None:
+        args.work = os.path.join(HERE, "work", f"sweep{suffix}")
+    if args.name is None:
+        args.name = f"sweep{suffix}"
+    for name in ("work", "corpora", "out"):
+        setattr(args, name, os.path.abspath(getattr(args, name)))
+    return args
 
 
 def main(argv=None):
@@ -91,80 +277,141 @@ def main(argv=None):
     dict or None
         The report (None with ``--dry_run``).
     """
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--whisper", required=True)
-    parser.add_argument("--seeds", default="1")
-    parser.add_argument(
-        "--shared", action="store_true", help="also shared + expert oracle"
-    )
-    parser.add_argument("--work", default=os.path.join(HERE, "work", "sweep"))
-    parser.add_argument("--out", default=os.path.join(HERE, "results"))
-    parser.add_argument("--name", default="sweep")
-    parser.add_argument("--dry_run", action="store_true")
-    args = parser.parse_args(argv)
-    args.work = os.path.abspath(os.path.expanduser(args.work))
+    args = parse_args(argv)
     systems = ["multilingual_lora", "expert_oracle"]
     if args.shared:
         systems.append("shared_expert_oracle")
     rows = []
-    for factor, value, point in points():
+    for factor, value, point in points(args.factors, args.values):
         name, point_args = point_argv(args, point, systems)
         if args.dry_run:
             print(quality.command_line(point_args, {}))
             continue
+        if args.collect_only and not os.path.isdir(
+            os.path.join(args.work, name)
+        ):
+            continue
         result = quality.main(point_args)
-        in_domain = result["results"].get("in_domain", {}).get("systems", {})
-        row = dict(factor=factor, value=value, point=point, name=name)
-        base = in_domain.get("multilingual_lora/aware", {})
-        row["multilingual_lora_macro"] = base.get("macro")
-        for system in systems[1:]:
-            gain = in_domain.get(f"{system}/aware", {}).get("paired_gain")
-            row[system] = gain and dict(gain=gain["gain"], ci=gain["ci"])
-        rows.append(row)
+        rows.append(point_row(factor, value, point, name, result, systems))
     if args.dry_run:
         return None
-    os.makedirs(args.out, exist_ok=True)
-    prefix = os.path.join(args.out, args.name)
+    names = {
+        os.path.abspath(os.path.expanduser(args.whisper)): "<whisper>",
+        args.work: "<work>",
+        args.corpora: "<corpora>",
+        args.out: "<out>",
+        os.path.expanduser("~"): "~",
+    }
+    commit, dirty = quality.git_commit()
     report = dict(
         benchmark="sweep",
-        command="python bench/sweep.py "
-        + " ".join(a for a in (argv or sys.argv[1:]) if "/" not in a),
+        command=quality.command_line(args.argv, names, script="bench/sweep.py"),
+        commit=commit,
+        uncommitted_changes=dirty,
+        whisper=public_name(args.whisper),
+        placement=args.placement,
+        placement_overrides=PLACEMENTS[args.placement],
+        budget_epochs=BUDGET_EPOCHS,
         centre=CENTRE,
-        factors=FACTORS,
+        factors=args.factors,
+        values=dict(FACTORS, **args.values),
         language_sets=LANGUAGE_SETS,
         systems=systems,
+        seeds=args.seeds,
         points=rows,
     )
+    report = quality.scrub(report, names)
+    os.makedirs(args.out, exist_ok=True)
+    prefix = os.path.join(args.out, args.name)
     with open(prefix + ".json", "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
     plot(rows, systems[1:], prefix + ".png")
+    write_markdown(prefix + ".md", report, os.path.basename(prefix) + ".png")
     return report
 
 
+def _gain(cell):
+    if not cell:
+        return "–"
+    low, high = cell["ci"]
+    return f"{cell['gain']:+.1f}% [{low:+.1f}, {high:+.1f}]"
+
+
+def write_markdown(path, report, image):
+    """The points as a table, then the plot."""
+    systems = report["systems"][1:]
+    lines = [
+        "# Where does the curse of multilinguality start?",
+        "",
+        f"Placement `{report['placement']}`, whisper "
+        f"{report['whisper']}, aware, in-domain test, seeds "
+        f"{report['seeds']}. Gain = relative macro error-rate reduction "
+        "of the oracle over the multilingual LoRA of the same point "
+        "(paired 95% bootstrap interval over test sentences; > 0: the "
+        "experts win). Step budget: "
+        f"{report['budget_epochs']} epochs of the multilingual LoRA.",
+        "",
+        "| varied | languages | train clips / language | rank | steps "
+        "| ML-LoRA macro [95% CI] | "
+        + " | ".join(f"{s} gain [95% CI]" for s in systems)
+        + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(systems),
+    ]
+    for row in report["points"]:
+        point = row["point"]
+        macro = row["multilingual_lora_macro"]
+        ci = row["multilingual_lora_ci"]
+        lines.append(
+            f"| {row['factor']} | {','.join(row['languages'])} | "
+            f"{point['train']} | {point['rank']} | {row['max_steps']} | "
+            + (
+                "–"
+                if macro is None
+                else f"{macro:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]"
+            )
+            + " | "
+            + " | ".join(_gain(row.get(s)) for s in systems)
+            + " |"
+        )
+    lines += [
+        "",
+        f"Command: `{report['command']}`; commit {report['commit'][:10]}.",
+        "",
+        f"![{image}]({image})",
+        "",
+    ]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+
+
 def plot(rows, systems, path):
-    """Gain (with its interval) against each factor, one panel each."""
+    """Gain (with its interval) against each swept factor, one panel each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(FACTORS), figsize=(4 * len(FACTORS), 3.2))
-    for ax, factor in zip(axes, FACTORS):
+    factors = [f for f in FACTORS if any(r["factor"] == f for r in rows)]
+    factors = factors or ["train"]
+    fig, axes = plt.subplots(
+        1, len(factors), figsize=(4 * len(factors), 3.2), squeeze=False
+    )
+    for ax, factor in zip(axes[0], factors):
         for system in systems:
-            points = [
+            found = [
                 (r["point"][factor], r[system])
                 for r in rows
-                if r[system]
+                if r.get(system)
                 and all(
                     r["point"][k] == v for k, v in CENTRE.items() if k != factor
                 )
             ]
-            points.sort(key=lambda p: p[0])
-            xs = [p[0] for p in points]
-            ys = [p[1]["gain"] for p in points]
+            found.sort(key=lambda p: p[0])
+            xs = [p[0] for p in found]
+            ys = [p[1]["gain"] for p in found]
             errors = [
-                [y - p[1]["ci"][0] for y, p in zip(ys, points)],
-                [p[1]["ci"][1] - y for y, p in zip(ys, points)],
+                [y - p[1]["ci"][0] for y, p in zip(ys, found)],
+                [p[1]["ci"][1] - y for y, p in zip(ys, found)],
             ]
             ax.errorbar(
                 xs, ys, yerr=errors, marker="o", capsize=3, label=system
@@ -173,7 +420,7 @@ def plot(rows, systems, path):
         ax.set_xscale("log", base=2)
         ax.set_xlabel(factor)
         ax.set_ylabel("gain vs multilingual LoRA (%)")
-    axes[0].legend(fontsize=7)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
