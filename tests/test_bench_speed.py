@@ -181,3 +181,22 @@ def test_speed_benchmark_compares_with_the_results_it_replaces(
     assert third["train"] == first["train"]
     assert third["carried_over"]["wall_s"] == first["wall_s"]
     assert third["carried_over"]["wall_s"] != second["wall_s"]
+
+
+def test_render_rewrites_the_markdown_from_the_json(tmp_path):
+    # The committed result: cached / cut expert rows also name their ratio
+    # to plain PEFT (HF Whisper + peft, fixed window, no cache).
+    import shutil
+
+    import speed
+
+    shutil.copy(os.path.join(ROOT, "bench", "results", "speed.json"), tmp_path)
+    speed.main(["--render", f"--out={tmp_path}"])
+    report = (tmp_path / "speed.md").read_text()
+    line = next(
+        row
+        for row in report.splitlines()
+        if row.startswith("| expert LoRA [enc4+dec], cached prefix |")
+    )
+    assert "x PEFT alike, 0." in line and "x plain PEFT)" in line
+    assert "| PEFT LoRA [enc4+dec] |" in report
