@@ -72,7 +72,11 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-from speechbrain_lora_experts.recipe_runner import load_metrics, run_recipe
+from speechbrain_lora_experts.recipe_runner import (
+    load_metrics,
+    run_finished,
+    run_recipe,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -576,48 +580,6 @@ def _task_deps(refs, task_of, pending, seed):
 
 def _run_name(args, out):
     return os.path.relpath(out, args.work).replace(os.sep, "_")
-
-
-def run_finished(out):
-    """Whether the recipe run in ``out`` ran to its end.
-
-    The recipe writes ``metrics.json`` after its first test and exports
-    ``model/model.json`` after its last one: a run stopped during a later
-    test set, or resumed for more epochs after an earlier export, has no
-    export newer than its metrics.
-
-    Arguments
-    ---------
-    out : str
-        The run's output folder.
-
-    Returns
-    -------
-    bool
-        The state.
-
-    Example
-    -------
-    >>> import time
-    >>> out = getfixture("tmp_path")
-    >>> (out / "model").mkdir()
-    >>> _ = (out / "model" / "model.json").write_text("{}")
-    >>> time.sleep(0.01)
-    >>> _ = (out / "metrics.json").write_text("{}")
-    >>> run_finished(str(out))  # tested again after the last export
-    False
-    >>> time.sleep(0.01)
-    >>> _ = (out / "model" / "model.json").write_text("{}")
-    >>> run_finished(str(out))
-    True
-    """
-    metrics = os.path.join(out, "metrics.json")
-    model = os.path.join(out, "model", "model.json")
-    return (
-        os.path.isfile(metrics)
-        and os.path.isfile(model)
-        and os.path.getmtime(model) >= os.path.getmtime(metrics)
-    )
 
 
 def run_one(args, task):

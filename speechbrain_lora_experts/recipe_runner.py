@@ -1,7 +1,8 @@
 """Run the Common Voice recipe as a subprocess, resumably.
 
 Used by the quickstart and the benchmarks: each run gets its own output
-folder and is skipped when that folder already holds ``metrics.json``.
+folder and is skipped when that folder holds a finished run (its
+``metrics.json`` and an export at least as new: :func:`run_finished`).
 The recipe lives in the source tree (``recipes/CommonVoice/ASR/
 lora_experts``), so this needs an editable install or a source checkout.
 A failed run raises :class:`RecipeRunError`, which shows the run's last
@@ -214,14 +215,18 @@ def run_recipe(hparams, overrides, log=None, device="cpu", precision=None):
     >>> import shutil, tempfile
     >>> from unittest import mock
     >>> out = tempfile.mkdtemp()
-    >>> with open(os.path.join(out, "metrics.json"), "w") as f:
-    ...     _ = f.write("{}")
+    >>> os.makedirs(os.path.join(out, "model"))
+    >>> for name in ("metrics.json", os.path.join("model", "model.json")):
+    ...     with open(os.path.join(out, name), "w") as f:
+    ...         _ = f.write("{}")
     >>> print(run_recipe("expert.yaml", {"output_folder": out}))  # done
     None
 
-    A failing run (a stand-in for ``train.py``, which takes minutes):
+    A failing run (a stand-in for ``train.py``, which takes minutes);
+    ``metrics.json`` without the export after it (a run stopped during a
+    later test set) runs again, to resume:
 
-    >>> os.remove(os.path.join(out, "metrics.json"))
+    >>> os.remove(os.path.join(out, "model", "model.json"))
     >>> def failing_train(command, cwd, stdout, stderr):
     ...     stdout.write("ValueError: no utterances for de\\n")
     ...     stdout.flush()
@@ -244,7 +249,7 @@ def run_recipe(hparams, overrides, log=None, device="cpu", precision=None):
     >>> shutil.rmtree(out)
     """
     out = overrides["output_folder"]
-    if os.path.isfile(os.path.join(out, "metrics.json")):
+    if run_finished(out):
         return None
     command = [sys.executable, "train.py", os.path.join("hparams", hparams)]
     command += [f"--{k}={yaml_value(v)}" for k, v in overrides.items()]
@@ -268,6 +273,48 @@ def run_recipe(hparams, overrides, log=None, device="cpu", precision=None):
             result.returncode, command, hparams, log_path, tail
         )
     return time.time() - start
+
+
+def run_finished(out):
+    """Whether the recipe run in ``out`` ran to its end.
+
+    The recipe writes ``metrics.json`` after its first test and exports
+    ``model/model.json`` after its last one: a run stopped during a later
+    test set, or resumed for more epochs after an earlier export, has no
+    export newer than its metrics, and must run (resume) again.
+
+    Arguments
+    ---------
+    out : str
+        The run's output folder.
+
+    Returns
+    -------
+    bool
+        The state.
+
+    Example
+    -------
+    >>> import time
+    >>> out = getfixture("tmp_path")
+    >>> (out / "model").mkdir()
+    >>> _ = (out / "model" / "model.json").write_text("{}")
+    >>> time.sleep(0.01)
+    >>> _ = (out / "metrics.json").write_text("{}")
+    >>> run_finished(str(out))  # tested again after the last export
+    False
+    >>> time.sleep(0.01)
+    >>> _ = (out / "model" / "model.json").write_text("{}")
+    >>> run_finished(str(out))
+    True
+    """
+    metrics = os.path.join(out, "metrics.json")
+    model = os.path.join(out, "model", "model.json")
+    return (
+        os.path.isfile(metrics)
+        and os.path.isfile(model)
+        and os.path.getmtime(model) >= os.path.getmtime(metrics)
+    )
 
 
 def load_metrics(folder, prefix=""):
