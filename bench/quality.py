@@ -721,17 +721,31 @@ def run_all(args, tasks):
 # ------------------------------------------------------------- collect ----
 
 
-def training_record(task, seconds):
-    """Steps, epochs and dev-loss curve of one finished run.
+def read_train_log(out):
+    """Losses per epoch from a run's ``train_log.txt``.
 
-    ``optimizer_steps`` = epochs run (``train_log.txt``) x batches per
-    epoch (the run's prepared ``data/train.csv``, batch size); the recipe
-    logs ``train_loss_history`` in ``run.json`` too (``logged_steps``:
-    the steps of the last process, fewer if it resumed).
-    ``start_dev_loss``: the dev loss before training (epoch 0, when the
-    run validated its start), else None.
+    Arguments
+    ---------
+    out : str
+        The run's output folder.
+
+    Returns
+    -------
+    dict
+        ``epochs_run``, ``start_dev_loss`` (epoch 0, when the run
+        validated its start, else None), ``dev_loss`` and ``train_loss``
+        (lists, epoch 1 on).
+
+    Example
+    -------
+    >>> out = getfixture("tmp_path")
+    >>> _ = (out / "train_log.txt").write_text(
+    ...     "epoch: 0, lr: 1e-4 - valid loss: 0.56\\n"
+    ...     "epoch: 1, lr: 1e-4 - train loss: 1.9e-02 - valid loss: 0.57\\n"
+    ... )
+    >>> read_train_log(str(out))["train_loss"]
+    [0.019]
     """
-    out = task["out"]
     dev_loss, train_loss, epochs_run = [], [], 0
     start_dev_loss = None  # epoch 0: validate_before_training
     log = os.path.join(out, "train_log.txt")
@@ -750,6 +764,27 @@ def training_record(task, seconds):
                     dev_loss.append(float(losses["valid"]))
                 if "train" in losses:
                     train_loss.append(float(losses["train"]))
+    return dict(
+        epochs_run=epochs_run,
+        start_dev_loss=start_dev_loss,
+        dev_loss=dev_loss,
+        train_loss=train_loss,
+    )
+
+
+def training_record(task, seconds):
+    """Steps, epochs and dev-loss curve of one finished run.
+
+    ``optimizer_steps`` = epochs run (``train_log.txt``) x batches per
+    epoch (the run's prepared ``data/train.csv``, batch size); the recipe
+    logs ``train_loss_history`` in ``run.json`` too (``logged_steps``:
+    the steps of the last process, fewer if it resumed).
+    ``start_dev_loss``: the dev loss before training (epoch 0, when the
+    run validated its start), else None.
+    """
+    out = task["out"]
+    losses = read_train_log(out)
+    epochs_run = losses["epochs_run"]
     n_train = None
     csv_path = os.path.join(out, "data", "train.csv")
     if os.path.isfile(csv_path):
@@ -772,9 +807,9 @@ def training_record(task, seconds):
             epochs_run * per_epoch if per_epoch is not None else None
         ),
         logged_steps=logged,
-        start_dev_loss=start_dev_loss,
-        dev_loss=dev_loss,
-        train_loss=train_loss,
+        start_dev_loss=losses["start_dev_loss"],
+        dev_loss=losses["dev_loss"],
+        train_loss=losses["train_loss"],
         seconds=seconds,
         epoch_seconds=epoch_s,
         seconds_per_step=(

@@ -125,8 +125,13 @@ def score_pool(seed_folder, languages):
         if curve is None:
             return None
         start = next((p for p in curve if p["epoch"] == 0), None)
+        train_loss = quality.read_train_log(run)["train_loss"]
         per_language[lang] = dict(
-            kept=kept_point(curve), start=start, curve=curve
+            kept=kept_point(curve),
+            start=start,
+            curve=curve,
+            # How much the shared LoRA leaves to learn on these clips.
+            first_train_loss=train_loss[0] if train_loss else None,
         )
 
     def macro(values):
@@ -191,13 +196,16 @@ def write_markdown(path, result):
         f"{result['seed']}; corpus and multilingual LoRA shared by every "
         "point. Dev error rate in % of the checkpoint each expert keeps "
         "(lowest dev loss, epoch 0 = the shared LoRA alone included); "
-        "*start*: the shared LoRA alone. Kept epoch in brackets. No test "
-        "set is read.",
+        "*start*: the shared LoRA alone. Kept epoch in brackets. *train "
+        "loss, epoch 1*: each residual expert's first-epoch training loss "
+        "per language, i.e. how much the shared LoRA leaves to learn on "
+        "those clips. No test set is read.",
         "",
         "| point | "
         + " | ".join(languages)
-        + " | macro dev | start macro | macro dev loss |",
-        "|---|" + "---|" * (len(languages) + 3),
+        + " | macro dev | start macro | macro dev loss "
+        + "| train loss, epoch 1 |",
+        "|---|" + "---|" * (len(languages) + 4),
     ]
     for row in result["points"]:
         score = row["score"]
@@ -205,7 +213,7 @@ def write_markdown(path, result):
             lines.append(
                 f"| {row['name']} | "
                 + " | ".join("–" for _ in languages)
-                + " | not run | – | – |"
+                + " | not run | – | – | – |"
             )
             continue
         cells = []
@@ -217,7 +225,14 @@ def write_markdown(path, result):
             + " | ".join(cells)
             + f" | {_rate(score['macro_error_rate'])}"
             + f" | {_rate(score['macro_start_error_rate'])}"
-            + f" | {score['macro_loss']:.3f} |"
+            + f" | {score['macro_loss']:.3f} | "
+            + " / ".join(
+                "–"
+                if score["per_language"][lang].get("first_train_loss") is None
+                else f"{score['per_language'][lang]['first_train_loss']:.3f}"
+                for lang in languages
+            )
+            + " |"
         )
     tune_distill.write_grid_markdown(path, lines, result)
 

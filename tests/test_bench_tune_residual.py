@@ -65,6 +65,11 @@ def test_each_point_trains_a_pool_and_the_best_dev_point_is_chosen(
             ]
             with open(os.path.join(run, "dev_curve.json"), "w") as f:
                 json.dump(curve, f)
+            with open(os.path.join(run, "train_log.txt"), "w") as f:
+                f.write(
+                    "epoch: 0, lr: 1e-04 - valid loss: 0.8\n"
+                    f"epoch: 1, lr: 1e-04 - train loss: 0.02 - valid loss: {loss}\n"
+                )
 
     monkeypatch.setattr(tune_residual.tune_distill, "run_point", fake_quality)
     out = tmp_path / "results"
@@ -92,6 +97,7 @@ def test_each_point_trains_a_pool_and_the_best_dev_point_is_chosen(
     assert "| lr-0.0001 | 21.0 (1) | 8.0 (1) | 28.0 (1) | 40.0 (0) |" in (
         markdown
     )
+    assert "| 0.020 / 0.020 / 0.020 / 0.020 |" in markdown
     assert "| lr-0.001 | – | – | – | – | not run |" in markdown
     assert str(tmp_path) not in (out / "tune_residual.json").read_text()
 
