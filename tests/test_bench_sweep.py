@@ -20,7 +20,18 @@ def _quality_result(macro, gain):
             paired_gain=dict(gain=gain, ci=[gain - 5, gain + 5], seeds=1),
         ),
     }
-    return dict(commit="abc", results=dict(in_domain=dict(systems=systems)))
+    ood = {
+        "expert_oracle/aware": dict(
+            paired_gain=dict(gain=gain + 1, ci=[gain - 4, gain + 6], seeds=1)
+        )
+    }
+    return dict(
+        commit="abc",
+        results=dict(
+            in_domain=dict(systems=systems),
+            out_of_domain=dict(systems=ood),
+        ),
+    )
 
 
 def test_train_sweep_on_the_decoder_scales_the_budget(tmp_path, monkeypatch):
@@ -69,7 +80,9 @@ def test_train_sweep_on_the_decoder_scales_the_budget(tmp_path, monkeypatch):
     assert "| train | de,es,it,ru | 160 | 16 | 960 | 50.0 [48.0, 52.0] " in (
         markdown
     )
-    assert "+4.0% [-1.0, +9.0]" in markdown
+    # In-domain, out-of-domain, other synthesizer (not run: –).
+    assert "| +4.0% [-1.0, +9.0] | +5.0% [+0.0, +10.0] | – |" in markdown
+    assert rows[1]["expert_oracle/out_of_domain"]["gain"] == 5.0
     assert (out / "sweep_decoder.png").stat().st_size > 0
 
     # --collect_only passes on to every point that has a work folder.
