@@ -26,7 +26,9 @@ Usage::
         [--setting small] [--seed 1] [--scenario aware] [--dry_run]
 
 Writes ``<out>/<name>.json`` and ``.md``: every point's dev curve, best
-dev error rate and loss, and the chosen point.
+dev error rate and loss, and the chosen point. The grid machinery
+(``grid_parser``, ``quality_argv``, ``run_grid``) also serves
+``bench/tune_residual.py``.
 
 Authors
  * speechbrain-lora-experts developers 2026
