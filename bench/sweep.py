@@ -55,6 +55,11 @@ LANGUAGE_SETS = {
 }
 CENTRE = dict(languages=4, train=40, rank=16)
 FACTORS = dict(languages=[2, 4, 8], train=[20, 40, 80], rank=[4, 16, 64])
+AXIS_LABELS = dict(
+    languages="languages",
+    train="training clips per language",
+    rank="LoRA rank",
+)
 # Multilingual LoRA epochs in each point's step budget: the small
 # setting's 240 steps over 4 x 40 clips in batches of 4.
 BUDGET_EPOCHS = 6
@@ -436,7 +441,10 @@ def plot(rows, systems, path):
             )
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel(factor)
+        values = sorted({r["point"][factor] for r in rows})
+        ax.set_xticks(values, [str(v) for v in values])
+        ax.minorticks_off()
+        ax.set_xlabel(AXIS_LABELS[factor])
         ax.set_ylabel("gain vs multilingual LoRA (%)")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
