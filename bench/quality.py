@@ -1182,20 +1182,42 @@ def whisper_info(whisper):
 
 
 def path_names(args):
-    """Absolute paths of this benchmark -> their placeholders, longest
-    first (so a corpus inside the work folder is named as the corpus)."""
-    names = {
-        args.whisper: "<whisper>",
-        args.corpus: "<corpus>",
-        args.cv: "<cv>",
-        args.fleurs: "<fleurs>",
-        args.other_synth: "<other_synth>",
-        args.ood: "<ood>",
-        args.work: "<work>",
-        args.out: "<out>",
-        ROOT: "<repo>",
-        os.path.expanduser("~"): "~",
-    }
+    """Absolute paths of this benchmark -> their placeholders (see
+    :func:`placeholder_names`)."""
+    return placeholder_names(
+        {
+            args.whisper: "<whisper>",
+            args.corpus: "<corpus>",
+            args.cv: "<cv>",
+            args.fleurs: "<fleurs>",
+            args.other_synth: "<other_synth>",
+            args.ood: "<ood>",
+            args.work: "<work>",
+            args.out: "<out>",
+            ROOT: "<repo>",
+        }
+    )
+
+
+def placeholder_names(names):
+    """``{path: placeholder}`` for :func:`scrub`, the home folder as ``~``.
+
+    Only absolute paths are kept (a hub id or an unset option is not a
+    path), longest first, so a folder inside another (a corpus inside the
+    work folder) is named as itself.
+
+    Example
+    -------
+    >>> names = placeholder_names(
+    ...     {"/w": "<work>", "/w/c": "<corpus>", None: "<x>", "a/b": "<hub>"}
+    ... )
+    >>> [names[k] for k in names if k.startswith("/w")]
+    ['<corpus>', '<work>']
+    >>> "a/b" in names, None in names
+    (False, False)
+    """
+    names = dict(names)
+    names[os.path.expanduser("~")] = "~"
     names = {
         k: v for k, v in names.items() if k and os.path.isabs(k) and k != "/"
     }

@@ -310,13 +310,14 @@ def main(argv=None):
         rows.append(point_row(factor, value, point, name, result, systems))
     if args.dry_run:
         return None
-    names = {
-        os.path.abspath(os.path.expanduser(args.whisper)): "<whisper>",
-        args.work: "<work>",
-        args.corpora: "<corpora>",
-        args.out: "<out>",
-        os.path.expanduser("~"): "~",
-    }
+    names = quality.placeholder_names(
+        {
+            os.path.abspath(os.path.expanduser(args.whisper)): "<whisper>",
+            args.work: "<work>",
+            args.corpora: "<corpora>",
+            args.out: "<out>",
+        }
+    )
     commit, dirty = quality.git_commit()
     report = dict(
         benchmark="sweep",

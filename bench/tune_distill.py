@@ -410,13 +410,14 @@ def run_grid(args, argv, knobs, point_argv, score, rank, key, script):
         (row for row in rows if row[key] is not None),
         key=lambda row: rank(row[key]),
     )
-    names = {
-        os.path.abspath(os.path.expanduser(args.whisper)): "<whisper>",
-        args.base_work: "<base_work>",
-        args.work: "<work>",
-        os.path.abspath(args.out): "<out>",
-        os.path.expanduser("~"): "~",
-    }
+    names = quality.placeholder_names(
+        {
+            os.path.abspath(os.path.expanduser(args.whisper)): "<whisper>",
+            args.base_work: "<base_work>",
+            args.work: "<work>",
+            os.path.abspath(args.out): "<out>",
+        }
+    )
     command = quality.command_line(
         argv if argv is not None else sys.argv[1:], names, script=script
     )
