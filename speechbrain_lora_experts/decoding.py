@@ -32,6 +32,7 @@ import math
 import torch
 
 from speechbrain_lora_experts.languages import canonical_language
+from speechbrain_lora_experts.lid_step import language_logits
 
 #: Default duration bound: ``minimum + per_second * seconds`` new tokens.
 #: Whisper text is rarely above ~6 tokens/s for alphabetic languages; CJK
@@ -208,11 +209,14 @@ def detect_language(whisper, enc_states, candidates=None):
         [_language_id(whisper, code) for code in candidates],
         device=enc_states.device,
     )
-    sot = torch.full(
-        (enc_states.shape[0], 1), whisper.bos, device=enc_states.device
-    )
-    logits, _, _ = whisper.forward_decoder(enc_states, sot, use_cache=False)
-    probs = logits[:, -1, ids].float().softmax(dim=-1)
+    logits = language_logits(whisper, enc_states, ids, whisper.bos)
+    if logits is None:  # experts routed in the cross-attention
+        sot = torch.full(
+            (enc_states.shape[0], 1), whisper.bos, device=enc_states.device
+        )
+        logits, _, _ = whisper.forward_decoder(enc_states, sot, use_cache=False)
+        logits = logits[:, -1, ids]
+    probs = logits.float().softmax(dim=-1)
     codes = [candidates[i] for i in probs.argmax(dim=-1).tolist()]
     return codes, probs
 
