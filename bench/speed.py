@@ -7,11 +7,12 @@ encoder window of ``--window``:
 * decoding, per utterance: log-mel, encoder and greedy decoding with the KV
   cache (``decoding.greedy_decode``). End-of-text is masked out so every
   system decodes exactly ``--new-tokens`` tokens. Systems: plain Whisper
-  (the baseline); N experts fused by the utterance gate (``UtteranceGate``
-  fed by ``GateTap``, dense softmax weights and top-1; the gate reads the
-  frozen encoder's output, and once per placement also adds Whisper's LID
-  (the default gate) or reads the free input of the first adapted layer
-  instead); one expert merged
+  (the baseline); N experts fused by the default utterance gate
+  (``UtteranceGate`` fed by ``GateTap``: dense softmax weights over the
+  frozen encoder's output with Whisper's LID as a prior, the LID step from
+  ``lid_step``), and at the largest N the same gate without the LID
+  prior, its top-1 form and the free gate on the input of the first
+  adapted layer; one expert merged
   into the weights (``WhisperLoRAExperts.merge``); one routed expert
   (unmerged, for reference). Each with the experts on encoder+decoder, on
   the encoder from layer k plus the decoder (``enck+dec``: the gate taps
@@ -86,6 +87,9 @@ LANGUAGES = ("de", "es", "it", "ru", "fr", "zh")
 TARGETS = ("q_proj", "v_proj", "fc1", "fc2")
 EXPERT_LANGUAGES = ("de", "es", "fr", "it", "ru", "pt", "nl", "pl")
 FUSED_GOAL = 1.10
+# The recipes' and the interface's default gate (fuse.yaml: dense,
+# gate_features: whisper_lid).
+DEFAULT_GATE_LABEL = "dense gate with Whisper LID"
 LORA_GOAL = 1 / 3
 DISTILL_GOAL = 1.6
 
@@ -383,41 +387,46 @@ def decoding_inputs(utterances, whisper, device):
 
 # Systems -------------------------------------------------------------------
 def decode_specs(args):
-    """Decoding systems in measuring order; the first is the baseline."""
+    """Decoding systems in measuring order; the first is the baseline.
+
+    Per placement: N experts fused by the default gate (dense, Whisper's
+    LID as a prior) at every N; at the largest N the same gate without the
+    LID prior (frozen encoder output only: what the LID step costs), its
+    top-1 form, and, when experts adapt the encoder, the free gate on the
+    first adapted layer's input; one expert routed and merged.
+    """
     specs = [dict(kind="plain", name="plain Whisper")]
     top = max(args.expert_counts)
+
+    def fused(place, n, features, top_k, label):
+        return dict(
+            kind="fused",
+            place=place,
+            n=n,
+            top_k=top_k,
+            features=features,
+            name=f"fused {n}, {label} [{place}]",
+        )
+
     for place in args.placement_names:
         for n in args.expert_counts:
-            top_ks = [None]
-            if args.top1 == "all" or n == top:
-                top_ks.append(1)
-            for top_k in top_ks:
-                gate = "dense" if top_k is None else "top-1"
-                specs.append(
-                    dict(
-                        kind="fused",
-                        place=place,
-                        n=n,
-                        top_k=top_k,
-                        features="base_encoder",
-                        name=f"fused {n}, {gate} gate [{place}]",
-                    )
-                )
-        # The default gate (Whisper's LID as a prior: one decoder step more)
-        # and the free one (hidden states entering the first adapted layer;
-        # with decoder-only experts it reads the encoder output anyway).
-        gates = [("whisper_lid", "with Whisper LID")]
-        if place != "dec":
-            gates.append(("first_adapted", "on layer input"))
-        for features, label in gates:
             specs.append(
-                dict(
-                    kind="fused",
-                    place=place,
-                    n=top,
-                    top_k=None,
-                    features=features,
-                    name=f"fused {top}, dense gate {label} [{place}]",
+                fused(place, n, "whisper_lid", None, DEFAULT_GATE_LABEL)
+            )
+        for n in args.expert_counts:
+            if n == top or args.top1 == "all":
+                specs.append(fused(place, n, "base_encoder", 1, "top-1 gate"))
+        specs.append(fused(place, top, "base_encoder", None, "dense gate"))
+        if place != "dec":
+            # With decoder-only experts the layer input is the encoder
+            # output: the dense gate's row already.
+            specs.append(
+                fused(
+                    place,
+                    top,
+                    "first_adapted",
+                    None,
+                    "dense gate on layer input",
                 )
             )
         for kind in ("routed", "merged"):

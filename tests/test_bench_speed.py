@@ -44,9 +44,9 @@ def test_speed_benchmark_on_tiny_fixture(tmp_path, tiny_whisper_dir):
     decode = written["decode"]["1"]
     assert [row["system"] for row in decode] == [
         "plain Whisper",
-        "fused 2, dense gate [enc1+dec]",
-        "fused 2, top-1 gate [enc1+dec]",
         "fused 2, dense gate with Whisper LID [enc1+dec]",
+        "fused 2, top-1 gate [enc1+dec]",
+        "fused 2, dense gate [enc1+dec]",
         "fused 2, dense gate on layer input [enc1+dec]",
         "routed 1 of 2 [enc1+dec]",
         "merged 1 of 2 [enc1+dec]",
@@ -200,3 +200,26 @@ def test_render_rewrites_the_markdown_from_the_json(tmp_path):
     )
     assert "x PEFT alike, 0." in line and "x plain PEFT)" in line
     assert "| PEFT LoRA [enc4+dec] |" in report
+
+
+def test_default_gate_is_measured_at_every_expert_count():
+    import speed
+
+    args = speed.parse_args(["--experts=2,4,8", "--placements=dec,enc2+dec"])
+    names = [spec["name"] for spec in speed.decode_specs(args)]
+    for place in ("dec", "enc2+dec"):
+        lid = [n for n in names if n.endswith(f"Whisper LID [{place}]")]
+        assert lid == [
+            f"fused {n}, dense gate with Whisper LID [{place}]"
+            for n in (2, 4, 8)
+        ]
+        # Without the LID prior, top-1 and routed/merged: largest N only.
+        assert f"fused 8, dense gate [{place}]" in names
+        assert f"fused 4, dense gate [{place}]" not in names
+        assert f"fused 8, top-1 gate [{place}]" in names
+    # The free layer-input gate exists only where experts adapt the encoder.
+    assert "fused 8, dense gate on layer input [enc2+dec]" in names
+    assert not any(n.endswith("layer input [dec]") for n in names)
+    lid_specs = [s for s in speed.decode_specs(args) if "LID" in s["name"]]
+    assert {s["features"] for s in lid_specs} == {"whisper_lid"}
+    assert {s["top_k"] for s in lid_specs} == {None}
