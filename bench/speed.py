@@ -150,6 +150,13 @@ def parse_args(argv=None):
         default=0.05,
         help="dropout of the trained LoRA (the recipes' 0.05)",
     )
+    parser.add_argument(
+        "--decode-pairing",
+        choices=("adjacent", "rounds"),
+        default="adjacent",
+        help="decode ratios: each run against the baseline runs just "
+        "before and after it (adjacent), or ratio of the rounds' medians",
+    )
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--decode-batch", type=int, default=1)
     parser.add_argument("--train-batch", type=int, default=4)
@@ -676,27 +683,51 @@ def synchronize(device):
 
 
 # Timing --------------------------------------------------------------------
-def timed_rounds(systems, run, repeats, log, warm_up=True):
+def timed_rounds(systems, run, repeats, log, warm_up=True, baseline=None):
     """Warm-up, then ``repeats`` interleaved rounds (rotated order).
+
+    With ``baseline`` (one of ``systems``), each round runs the baseline
+    before every other system and once more at its end, and pairs each run
+    of a system with the mean of the two baseline runs around it: a drift
+    of the machine's speed (other tenants, clock) over a round that lasts
+    minutes then hits both sides of a ratio alike.
 
     Returns
     -------
-    dict
+    times : dict
         name -> list of seconds.
+    pairs : dict
+        name -> list of paired ratios (empty without ``baseline``).
     """
     times = {name: [] for name in systems}
+    pairs = {name: [] for name in systems}
     if warm_up:
         for system in systems.values():
             run(system)
-    names = list(systems)
+
+    def timed(name):
+        start = time.perf_counter()
+        run(systems[name])
+        seconds = time.perf_counter() - start
+        times[name].append(seconds)
+        return seconds
+
+    names = [name for name in systems if name != baseline]
     for round_index in range(repeats):
         start_at = round_index % len(names)
-        for name in names[start_at:] + names[:start_at]:
-            start = time.perf_counter()
-            run(systems[name])
-            times[name].append(time.perf_counter() - start)
+        order = names[start_at:] + names[:start_at]
+        if baseline is None:
+            for name in order:
+                timed(name)
+        else:
+            before = timed(baseline)
+            for name in order:
+                seconds = timed(name)
+                after = timed(baseline)
+                pairs[name].append(2 * seconds / (before + after))
+                before = after
         log(f"  round {round_index + 1}/{repeats} done")
-    return times
+    return times, pairs
 
 
 def measure_decoding(args, folder, window, utterances, log):
@@ -712,19 +743,21 @@ def measure_decoding(args, folder, window, utterances, log):
             system.run(wav, valid, prompts, args.new_tokens), args.new_tokens
         )
     log(f"decode, {window:g} s window: {len(systems)} systems")
-    times = timed_rounds(
+    paired = args.decode_pairing == "adjacent"
+    times, pairs = timed_rounds(
         systems,
         lambda s: s.run(wav, valid, prompts, args.new_tokens),
         args.repeats,
         log,
         warm_up=False,
+        baseline="plain Whisper" if paired else None,
     )
     rows = []
     for spec in decode_specs(args):
         row = timing_row(spec, times, args.decode_batch)
         row.update(decode_goal(spec, args))
         rows.append(row)
-    add_ratios(rows, "plain Whisper")
+    add_ratios(rows, "plain Whisper", pairs if paired else None)
     del systems, base
     gc.collect()
     return rows
@@ -740,7 +773,7 @@ def measure_training(args, folder, window, utterances, teachers, log):
         clone = full_copy(base) if spec["kind"] == "full" else share_clone(base)
         systems[spec["name"]] = build_trainer(spec, clone, args, teachers)
     log(f"train, {window:g} s window: {len(systems)} systems")
-    times = timed_rounds(
+    times, _ = timed_rounds(
         systems, lambda brain: brain.fit_batch(batch), args.repeats, log
     )
     rows = []
@@ -785,12 +818,24 @@ def timing_row(spec, times, batch):
     )
 
 
-def add_ratios(rows, baseline):
-    """Ratio of medians against the baseline row."""
+def add_ratios(rows, baseline, pairs=None):
+    """Ratio against the baseline row.
+
+    The ratio of the medians; with ``pairs`` (``timed_rounds``'s paired
+    ratios), the median of a system's paired ratios instead, and the
+    ratio of medians kept as ``ratio_of_medians``.
+    """
     base = next(row for row in rows if row["system"] == baseline)
     for row in rows:
         row["baseline"] = baseline
         row["ratio"] = row["seconds"] / base["seconds"]
+        if pairs is not None:
+            row["ratio_of_medians"] = row["ratio"]
+            row["paired_ratios"] = pairs.get(row["system"], [])
+            if row["paired_ratios"]:
+                row["ratio"] = statistics.median(row["paired_ratios"])
+            elif row is base:
+                row["ratio"] = 1.0
         row["met"] = goal_met(row)
 
 
@@ -1184,6 +1229,15 @@ def markdown(result):
             f"as 1.00x up to +{s['tolerance']:.2f}.",
             "",
         ]
+        if any(row.get("paired_ratios") for row in rows):
+            lines += [
+                "Paired: every run of a system sits between two runs of "
+                "the baseline; its ratio is the median over the rounds of "
+                "its time over the mean of those two (range over the rounds "
+                "in brackets), so a drift of the machine's speed during a "
+                "round cancels.",
+                "",
+            ]
         lines += timing_table(rows)
     for window, rows in result.get("train", {}).items():
         lines += [
@@ -1317,6 +1371,9 @@ def timing_table(rows):
     for row in rows:
         base = row["baseline"]
         ratio = f"{row['ratio']:.3f}"
+        paired = row.get("paired_ratios") or []
+        if len(paired) > 1:
+            ratio += f" [{min(paired):.2f}-{max(paired):.2f}]"
         if row["kind"] == "distill":
             ratio += f" (vs {base})"
         plain = plain_peft_ratio(row, rows)

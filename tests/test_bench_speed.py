@@ -67,16 +67,34 @@ def test_speed_benchmark_on_tiny_fixture(tmp_path, tiny_whisper_dir):
     ]
     for row in decode + train:
         assert _positive(row["seconds"]) and _positive(row["ratio"])
-        assert len(row["all_seconds"]) == 1
         assert row["met"] in (True, False, None)
         assert (row["met"] is None) == (row["goal"] is None)
-    # Ratios are medians over the named baseline's median.
-    for rows in (decode, train):
-        seconds = {row["system"]: row["seconds"] for row in rows}
-        for row in rows:
-            assert row["ratio"] == pytest.approx(
-                row["seconds"] / seconds[row["baseline"]]
-            )
+    # Decoding is paired: the baseline runs before each system and once
+    # at the end of the round; a system's ratio is its time over the mean
+    # of the two baseline runs around it (median over rounds: one here).
+    base_runs = decode[0]["all_seconds"]
+    assert len(base_runs) == len(decode)
+    assert decode[0]["ratio"] == 1.0 and decode[0]["paired_ratios"] == []
+    for row in decode[1:]:
+        assert len(row["all_seconds"]) == 1
+        (pair,) = row["paired_ratios"]
+        assert row["ratio"] == pair
+        assert row["ratio_of_medians"] == pytest.approx(
+            row["seconds"] / decode[0]["seconds"]
+        )
+        # Its two neighbours are among the baseline's runs.
+        around = 2 * row["seconds"] / pair
+        assert any(
+            around == pytest.approx(a + b)
+            for a, b in zip(base_runs, base_runs[1:])
+        )
+    # Training: ratios of medians against the named baseline.
+    seconds = {row["system"]: row["seconds"] for row in train}
+    for row in train:
+        assert len(row["all_seconds"]) == 1
+        assert row["ratio"] == pytest.approx(
+            row["seconds"] / seconds[row["baseline"]]
+        )
     assert train[5]["baseline"] == "expert LoRA [dec]"
     assert train[10]["baseline"] == "expert LoRA [dec], cached prefix"
     assert [row["cache"] for row in train] == [False] * 6 + [True] * 5
