@@ -107,6 +107,12 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument(
+        "--name",
+        default="speed",
+        help="results file name: <out>/<name>.json and .md (a run compares "
+        "with, and replaces, the file of its own name)",
+    )
+    parser.add_argument(
         "--corpus",
         default=None,
         help="Common Voice release for real clips (default: random audio)",
@@ -191,7 +197,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--render",
         action="store_true",
-        help="rewrite <out>/speed.md from <out>/speed.json; measure nothing",
+        help="rewrite <out>/<name>.md from <out>/<name>.json; measure nothing",
     )
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cache-folder", default=None, help=argparse.SUPPRESS)
@@ -1407,9 +1413,9 @@ def main(argv=None):
     """Runs the benchmark; returns the result dict."""
     args = parse_args(argv)
     if args.render:
-        with open(os.path.join(args.out, "speed.json")) as f:
+        with open(os.path.join(args.out, f"{args.name}.json")) as f:
             result = json.load(f)
-        with open(os.path.join(args.out, "speed.md"), "w") as f:
+        with open(os.path.join(args.out, f"{args.name}.md"), "w") as f:
             f.write(markdown(result))
         return result
     torch.set_num_threads(args.threads)
@@ -1493,14 +1499,14 @@ def main(argv=None):
             )
     result["wall_s"] = time.time() - started
     os.makedirs(args.out, exist_ok=True)
-    previous = os.path.join(args.out, "speed.json")
+    previous = os.path.join(args.out, f"{args.name}.json")
     if os.path.exists(previous):
         with open(previous) as f:
             compare_with_previous(result, json.load(f), args)
-    with open(os.path.join(args.out, "speed.json"), "w") as f:
+    with open(os.path.join(args.out, f"{args.name}.json"), "w") as f:
         json.dump(result, f, indent=2)
     report = markdown(result)
-    with open(os.path.join(args.out, "speed.md"), "w") as f:
+    with open(os.path.join(args.out, f"{args.name}.md"), "w") as f:
         f.write(report)
     print(report)
     return result

@@ -199,6 +199,17 @@ def test_speed_benchmark_compares_with_the_results_it_replaces(
     assert third["train"] == first["train"]
     assert third["carried_over"]["wall_s"] == first["wall_s"]
     assert third["carried_over"]["wall_s"] != second["wall_s"]
+    # Another name is another file: nothing to compare with or carry, and
+    # the file of the default name is left as it was.
+    before = (out / "speed.json").read_text()
+    focused = speed.main(
+        common + ["--phases=decode", "--memory=off", "--name=speed_dec"]
+    )
+    assert "train" not in focused and "carried_over" not in focused
+    assert "previous_ratio" not in focused["decode"]["1"][1]
+    assert json.loads((out / "speed_dec.json").read_text())["decode"]
+    assert (out / "speed_dec.md").exists()
+    assert (out / "speed.json").read_text() == before
 
 
 def test_render_rewrites_the_markdown_from_the_json(tmp_path):
