@@ -1191,6 +1191,32 @@ def fmt_met(met):
     return "—" if met is None else ("yes" if met else "**no**")
 
 
+def ratio_kind(result):
+    """How the report's ratios were formed, in words.
+
+    Example
+    -------
+    >>> paired = {"30": [{"paired_ratios": [1.0]}]}
+    >>> ratio_kind({"decode": paired, "train": {"30": []}})
+    'decoding ratios paired (see its tables), training ratios of medians'
+    >>> ratio_kind({"decode": paired})
+    'decoding ratios paired (see its tables)'
+    >>> ratio_kind({"decode": {"30": [{}]}, "train": {}})
+    'ratios of medians'
+    """
+    paired = any(
+        row.get("paired_ratios")
+        for rows in result.get("decode", {}).values()
+        for row in rows
+    )
+    if not paired:
+        return "ratios of medians"
+    kind = "decoding ratios paired (see its tables)"
+    if result.get("train"):
+        kind += ", training ratios of medians"
+    return kind
+
+
 def markdown(result):
     """The report as markdown tables."""
     s = result["settings"]
@@ -1200,7 +1226,7 @@ def markdown(result):
         f"Device {result['device']}, torch threads {result['threads']} "
         f"(see the script's docstring), torch {result['torch']}; median "
         f"of {result['repeats']} interleaved rounds after a warm-up; "
-        "ratios of medians against the baseline "
+        f"{ratio_kind(result)} against the baseline "
         f"of the same table. Experts: LoRA r={s['rank']} on "
         f"{'/'.join(TARGETS)}; `enck+dec` = encoder layers from k on plus "
         f"the decoder (the gate taps layer k); `dec` = decoder only (the "
