@@ -65,7 +65,7 @@ def plain_weights(linear):
     True
     """
     if isinstance(linear, LoRAExpertsLinear):
-        if linear.routing.mode != "off" and not linear.merged:
+        if linear.routing.mode != "off":
             return None
         linear = linear.base
     if type(linear) is not torch.nn.Linear:
