@@ -350,7 +350,9 @@ def _gain(cell):
     if not cell:
         return "–"
     low, high = cell["ci"]
-    return f"{cell['gain']:+.1f}% [{low:+.1f}, {high:+.1f}]"
+    seeds = cell.get("seeds")
+    pooled = "" if seeds is None else f" ({seeds})"
+    return f"{cell['gain']:+.1f}% [{low:+.1f}, {high:+.1f}]{pooled}"
 
 
 def write_markdown(path, report, image):
@@ -360,7 +362,9 @@ def write_markdown(path, report, image):
         "# Where does the curse of multilinguality start?",
         "",
         f"Placement `{report['placement']}`, whisper "
-        f"{report['whisper']}, aware, seeds {report['seeds']}. Gain = "
+        f"{report['whisper']}, aware, seeds {report['seeds']} asked (a "
+        "point's gain pools the seeds that finished there: count in "
+        "brackets). Gain = "
         "relative macro error-rate reduction of the oracle over the "
         "multilingual LoRA of the same point, on each test "
         "(paired 95% bootstrap interval over test sentences; > 0: the "

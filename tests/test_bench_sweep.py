@@ -81,7 +81,9 @@ def test_train_sweep_on_the_decoder_scales_the_budget(tmp_path, monkeypatch):
         markdown
     )
     # In-domain, out-of-domain, other synthesizer (not run: –).
-    assert "| +4.0% [-1.0, +9.0] | +5.0% [+0.0, +10.0] | – |" in markdown
+    assert (
+        "| +4.0% [-1.0, +9.0] (1) | +5.0% [+0.0, +10.0] (1) | – |" in markdown
+    )
     assert rows[1]["expert_oracle/out_of_domain"]["gain"] == 5.0
     assert (out / "sweep_decoder.png").stat().st_size > 0
 
