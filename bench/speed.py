@@ -51,6 +51,12 @@ Usage:
     python bench/speed.py --whisper ~/.cache/lora-experts/whisper-base \
         [--window 30,10] [--repeats 3] [--device cpu] [--out bench/results]
 
+A focused decode run in its own file (``bench/results/speed_dec.md``)::
+
+    python bench/speed.py --whisper ~/.cache/lora-experts/whisper-base \
+        --phases decode --memory off --placements dec --repeats 9 \
+        --name speed_dec
+
 Authors
  * speechbrain-lora-experts developers 2026
 """
