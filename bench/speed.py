@@ -846,8 +846,6 @@ def add_ratios(rows, baseline, pairs=None):
             row["paired_ratios"] = pairs.get(row["system"], [])
             if row["paired_ratios"]:
                 row["ratio"] = statistics.median(row["paired_ratios"])
-            elif row is base:
-                row["ratio"] = 1.0
         row["met"] = goal_met(row)
 
 

@@ -216,9 +216,21 @@ def point_row(factor, value, point, name, result, systems):
             gain = gain and dict(
                 gain=gain["gain"], ci=gain["ci"], seeds=gain["seeds"]
             )
-            # In-domain under the system's own name: what the plot shows.
-            row[system if test == "in_domain" else f"{system}/{test}"] = gain
+            row[gain_key(system, test)] = gain
     return row
+
+
+def gain_key(system, test):
+    """A point row's key of one system's gain on one test.
+
+    In-domain under the system's own name: what the plot shows.
+
+    Example
+    -------
+    >>> gain_key("expert_oracle", "in_domain"), gain_key("x", "other_synth")
+    ('expert_oracle', 'x/other_synth')
+    """
+    return system if test == "in_domain" else f"{system}/{test}"
 
 
 def parse_args(argv=None):
@@ -395,7 +407,7 @@ def write_markdown(path, report, image):
             )
             + " | "
             + " | ".join(
-                _gain(row.get(s if test == "in_domain" else f"{s}/{test}"))
+                _gain(row.get(gain_key(s, test)))
                 for s in systems
                 for test in TESTS
             )
