@@ -207,7 +207,11 @@ def test_speed_benchmark_compares_with_the_results_it_replaces(
     )
     assert "train" not in focused and "carried_over" not in focused
     assert "previous_ratio" not in focused["decode"]["1"][1]
-    assert json.loads((out / "speed_dec.json").read_text())["decode"]
+    written = json.loads((out / "speed_dec.json").read_text())
+    assert [r["system"] for r in written["decode"]["1"]] == [
+        r["system"] for r in focused["decode"]["1"]
+    ]
+    assert len(written["decode"]["1"]) > 1
     assert (out / "speed_dec.md").exists()
     assert (out / "speed.json").read_text() == before
 
