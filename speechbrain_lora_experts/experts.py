@@ -822,7 +822,13 @@ class LoRAExpertsLinear(nn.Module):
             weights=value if kind == "weights" else None,
             used=shared[2] if kind == "weights" else None,
         )
-        return self.base.weight + (left @ right).to(self.base.weight.dtype)
+        weight = self.base.weight
+        if left.dtype == weight.dtype:
+            # One pass and one weight-sized allocation, not two: the copy
+            # is made per utterance, and on CPU each fresh allocation of
+            # this size is paid again in page faults.
+            return torch.addmm(weight, left, right)
+        return weight + (left @ right).to(weight.dtype)
 
     def _routed(self, x):
         uniform = self.routing.uniform
