@@ -230,6 +230,24 @@ LEAD_SYSTEMS = {
             "distill_anchor_weight": 0.3,
         },
     ),
+    # Expert soup: each language's model is the weight average of the
+    # multilingual LoRA (same scenario) and that language's plain expert
+    # (fuse.yaml's shared_adapter_scale and expert_scale at 0.5), routed
+    # by the language like the oracle. No training, and merged per
+    # language it decodes as fast as Whisper. The weight is the uniform
+    # soup's, not tuned.
+    "expert_soup": dict(
+        hparams="fuse.yaml",
+        pool="plain",
+        train=False,
+        overrides={
+            "fusion": "oracle",
+            "lid_source": "decoder",
+            "shared_adapter": MULTILINGUAL,
+            "shared_adapter_scale": 0.5,
+            "expert_scale": 0.5,
+        },
+    ),
 }
 POOLS.update(LEAD_POOLS)
 SYSTEMS.update(LEAD_SYSTEMS)

@@ -95,6 +95,7 @@ def export_model(
     beam_size=1,
     metadata=None,
     shared_adapter=None,
+    shared_adapter_scale=1.0,
 ):
     """Writes a model folder that ``LoRAExpertsASR.from_hparams`` loads.
 
@@ -144,6 +145,12 @@ def export_model(
         Default beam size of the pretrained interface (1: greedy).
     metadata : dict
         Extra JSON-serialisable information stored with every expert.
+    shared_adapter : str
+        PEFT adapter folder merged into the base before the experts
+        (shared + expert); shipped in ``shared_adapter/``.
+    shared_adapter_scale : float
+        The multiplier it was merged with; the shipped copy's alpha
+        carries it.
 
     Returns
     -------
@@ -245,7 +252,9 @@ def export_model(
     if shared_adapter is not None:
         # Residual experts only make sense on the base they were trained
         # on: the shared LoRA travels with them and is merged at load.
-        files += _copy_shared_adapter(shared_adapter, folder)
+        files += _copy_shared_adapter(
+            shared_adapter, folder, shared_adapter_scale
+        )
         info["shared_adapter"] = SHARED_ADAPTER_DIR
     info["files"] = files + [CUSTOM_INTERFACE]
     with open(os.path.join(folder, MODEL_INFO), "w", encoding="utf-8") as f:
@@ -254,8 +263,13 @@ def export_model(
     return folder
 
 
-def _copy_shared_adapter(source, folder):
-    """Copies a PEFT adapter folder to ``<folder>/shared_adapter/``."""
+def _copy_shared_adapter(source, folder, scale=1.0):
+    """Copies a PEFT adapter folder to ``<folder>/shared_adapter/``.
+
+    A ``scale`` other than 1 is written into the copy's alpha, so the copy
+    is the update that was merged: the interface, and PEFT's
+    ``merge_and_unload``, merge it as it is.
+    """
     target = os.path.join(folder, SHARED_ADAPTER_DIR)
     if os.path.isdir(target):
         shutil.rmtree(target)
@@ -265,6 +279,16 @@ def _copy_shared_adapter(source, folder):
         if name.endswith((".json", ".safetensors")):
             shutil.copy2(os.path.join(source, name), target)
             copied.append(f"{SHARED_ADAPTER_DIR}/{name}")
+    if scale != 1.0:
+        config_path = os.path.join(target, "adapter_config.json")
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+        config["lora_alpha"] = config["lora_alpha"] * scale
+        config["alpha_pattern"] = {
+            k: v * scale for k, v in (config.get("alpha_pattern") or {}).items()
+        }
+        with open(config_path, "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2)
     return copied
 
 
@@ -770,8 +794,13 @@ def export_run(brain):
         "data_folder": str(getattr(hparams, "data_folder", "")),
     }
     shared = getattr(hparams.whisper, "shared_adapter", None)
+    shared_scale = getattr(hparams.whisper, "shared_adapter_scale", 1.0)
     if shared is not None:
         training["shared_adapter"] = shared
+        training["shared_adapter_scale"] = shared_scale
+    expert_scale = getattr(hparams, "expert_scale", 1.0)
+    if expert_scale != 1.0:
+        training["expert_scale"] = expert_scale
     if system == "expert":
         lang = hparams.languages[0]
         folder = os.path.join(hparams.expert_pool, lang)
@@ -811,4 +840,5 @@ def export_run(brain):
         beam_size=int(getattr(hparams, "beam_size", 1)) if beam else 1,
         metadata=training,
         shared_adapter=shared,
+        shared_adapter_scale=shared_scale,
     )

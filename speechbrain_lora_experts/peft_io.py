@@ -19,6 +19,7 @@ Authors
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -844,7 +845,9 @@ def pool_folders(expert_pool, languages):
     return folders
 
 
-def attach_pool(whisper, expert_pool, languages, extra_experts=(), strict=True):
+def attach_pool(
+    whisper, expert_pool, languages, extra_experts=(), strict=True, scale=1.0
+):
     """Attaches the pool's experts for ``languages`` (frozen, in order).
 
     Arguments
@@ -859,6 +862,11 @@ def attach_pool(whisper, expert_pool, languages, extra_experts=(), strict=True):
         Fresh trainable slots appended (e.g. ``["student"]``).
     strict : bool
         Refuse experts recorded with other base weights.
+    scale : float
+        Multiplier of each language expert's update (its alpha), > 0: with
+        a shared adapter merged at ``1 - scale`` (``merge_shared_adapter``)
+        each language's model is a weight average of the two (an expert
+        soup). A pool exported afterwards carries the scaled alpha.
 
     Returns
     -------
@@ -893,12 +901,18 @@ def attach_pool(whisper, expert_pool, languages, extra_experts=(), strict=True):
     >>> _ = shutil.copytree(
     ...     os.path.join(expert_pool, "de"), os.path.join(expert_pool, "it")
     ... )
+    >>> halved = attach_pool(tiny(), expert_pool, ["es"], scale=0.5)
+    >>> layer = next(iter(halved.layers.values()))
+    >>> full = next(iter(pool.layers.values()))
+    >>> torch.allclose(layer.delta_weight(0), full.delta_weight(0) / 2)
+    True
     >>> attach_pool(tiny(), expert_pool, ["it"])
     Traceback (most recent call last):
     ...
     speechbrain_lora_experts.peft_io.AdapterError: ... for 'de', not 'it'
     >>> shutil.rmtree(expert_pool)
     """
+    scale = adapter_scale(scale, "expert scale")
     adapters = [read_adapter(f) for f in pool_folders(expert_pool, languages)]
     for lang, adapter in zip(languages, adapters):
         if adapter.language not in (None, lang):
@@ -906,10 +920,51 @@ def attach_pool(whisper, expert_pool, languages, extra_experts=(), strict=True):
                 f"{adapter.folder} holds an expert for {adapter.language!r}, "
                 f"not {lang!r}"
             )
-    return attach_from_adapters(
+    experts = attach_from_adapters(
         whisper,
         adapters,
         names=list(languages),
         extra_experts=extra_experts,
         strict=strict,
     )
+    if scale != 1.0:
+        for layer in experts.layers.values():
+            for slot in list(layer.experts)[: len(languages)]:
+                slot.alpha = slot.alpha * scale
+    return experts
+
+
+def adapter_scale(value, option):
+    """``value`` as a multiplier of an adapter's update, or a clear error.
+
+    Arguments
+    ---------
+    value : float
+        The multiplier asked for.
+    option : str
+        Its name, for the message (e.g. ``shared_adapter_scale``).
+
+    Returns
+    -------
+    float
+        ``value``, finite and > 0.
+
+    Example
+    -------
+    >>> adapter_scale(0.5, "expert_scale")
+    0.5
+    >>> adapter_scale(0, "expert_scale")
+    Traceback (most recent call last):
+    ...
+    ValueError: expert_scale must be a finite number > 0, got 0; ...
+    """
+    try:
+        scale = float(value)
+    except (TypeError, ValueError):
+        scale = math.nan
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(
+            f"{option} must be a finite number > 0, got {value!r}; 1.0 "
+            "applies the adapter as trained (to leave it out, do not load it)"
+        )
+    return scale

@@ -23,7 +23,11 @@ import torch
 
 from speechbrain_lora_experts.attach import whisper_model
 from speechbrain_lora_experts.experts import lora_scaling
-from speechbrain_lora_experts.peft_io import AdapterError, read_adapter
+from speechbrain_lora_experts.peft_io import (
+    AdapterError,
+    adapter_scale,
+    read_adapter,
+)
 
 
 def adapter_delta(adapter, name):
@@ -57,7 +61,7 @@ def adapter_delta(adapter, name):
     return scaling * (lora_b.float() @ lora_a.float())
 
 
-def merge_shared_adapter(whisper, adapter=None):
+def merge_shared_adapter(whisper, adapter=None, scale=1.0):
     """Merges a shared LoRA adapter into ``whisper``'s weights, in place.
 
     Call it before experts attach (the recipes' yamls wrap the Whisper
@@ -71,12 +75,17 @@ def merge_shared_adapter(whisper, adapter=None):
     adapter : str or None
         PEFT LoRA adapter folder (e.g. the multilingual LoRA run's
         ``model/experts/multilingual``). None leaves ``whisper`` untouched.
+    scale : float
+        Multiplier of the adapter's update, > 0 (``shared_adapter_scale``):
+        e.g. 0.5, with the experts at 0.5 (``attach_pool(scale=)``), makes
+        each language's model the average of the multilingual LoRA and
+        its expert.
 
     Returns
     -------
     torch.nn.Module
         ``whisper``, with ``shared_adapter`` set to the folder merged (None
-        when nothing was merged).
+        when nothing was merged) and ``shared_adapter_scale`` to ``scale``.
 
     Example
     -------
@@ -90,13 +99,19 @@ def merge_shared_adapter(whisper, adapter=None):
     ... )
     >>> merge_shared_adapter(whisper, None).shared_adapter is None
     True
+    >>> merge_shared_adapter(whisper, None, scale=-1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: shared_adapter_scale must be a finite number > 0, got -1.0; ...
     """
     if getattr(whisper, "shared_adapter", None) is not None:
         raise AdapterError(
             f"a shared adapter ({whisper.shared_adapter}) is already merged "
             "into this Whisper; load a fresh Whisper to merge another"
         )
+    scale = adapter_scale(scale, "shared_adapter_scale")
     whisper.shared_adapter = None
+    whisper.shared_adapter_scale = 1.0
     if adapter is None:
         return whisper
     adapter = os.fspath(adapter)
@@ -112,7 +127,7 @@ def merge_shared_adapter(whisper, adapter=None):
     deltas = {}
     for name in read.layer_names:
         weight = _linear(modules[name]).weight
-        delta = adapter_delta(read, name)
+        delta = adapter_delta(read, name) * scale
         if delta.shape != weight.shape:
             raise AdapterError(
                 f"shared adapter {adapter}: {name} updates a "
@@ -127,6 +142,7 @@ def merge_shared_adapter(whisper, adapter=None):
             weight = _linear(modules[name]).weight
             weight.add_(delta.to(device=weight.device, dtype=weight.dtype))
     whisper.shared_adapter = adapter
+    whisper.shared_adapter_scale = scale
     return whisper
 
 

@@ -218,6 +218,20 @@ def test_systems_reference_other_runs(tmp_path):
         ("expert", "shared", "it", 1),
         ml_key,  # its own shared_adapter
     }
+    soup = quality.plan_runs(_args(tmp_path, systems="expert_soup"))
+    soup = soup[("system", "expert_soup", "aware", 1)]
+    assert soup["overrides"]["shared_adapter"] == adapter
+    assert soup["overrides"]["expert_pool"].endswith("pool")
+    assert (
+        soup["overrides"]["shared_adapter_scale"],
+        soup["overrides"]["expert_scale"],
+        soup["overrides"]["number_of_epochs"],
+    ) == (0.5, 0.5, 0)
+    assert soup["deps"] == {
+        ("expert", "plain", "de", 1),
+        ("expert", "plain", "it", 1),
+        ml_key,
+    }
     assert quality.resolve("{arg:max_steps}", {}, "aware", args) == (120, set())
     # --recipe_override wins over a system's own values (dev tuning).
     tuned = _args(

@@ -89,3 +89,51 @@ def test_shared_adapter_left_out_of_plain_models(runs):
     assert "shared_adapter" not in info
     assert not os.path.exists(model / "shared_adapter")
     assert "shared_adapter: false" in (model / "hyperparams.yaml").read_text()
+
+
+def test_expert_soup_ships_and_loads_the_average(runs, tiny_whisper_dir):
+    """fuse.yaml with both scales at 0.5: base + (shared + expert) / 2."""
+    from transformers import WhisperModel
+
+    from speechbrain_lora_experts.inference import LoRAExpertsASR
+
+    root = runs["pool"].parent
+    out = root / "soup"
+    shared = read_adapter(runs["shared"])
+    expert = read_adapter(runs["pool"] / "de")
+    run_recipe(
+        "fuse.yaml",
+        dict(
+            data_folder=str(root / "corpus" / "common_voice"),
+            whisper_hub=tiny_whisper_dir,
+            whisper_save_folder=str(root / "hub"),
+            output_folder=str(out),
+            languages=["de"],
+            expert_pool=str(runs["pool"]),
+            fusion="oracle",
+            shared_adapter=str(runs["shared"]),
+            shared_adapter_scale=0.5,
+            expert_scale=0.5,
+            number_of_epochs=0,
+            batch_size=2,
+            encoder_window_s=10.0,
+            valid_search_interval=0,
+        ),
+    )
+    shipped = read_adapter(out / "model" / "shared_adapter")
+    shipped_expert = read_adapter(out / "model" / "experts" / "de")
+    assert shipped.alphas[LAYER] == shared.alphas[LAYER] / 2
+    assert shipped_expert.alphas[LAYER] == expert.alphas[LAYER] / 2
+    # The pool's and the shared run's own folders are left as trained.
+    assert read_adapter(runs["pool"] / "de").alphas == expert.alphas
+    assert read_adapter(runs["shared"]).alphas == shared.alphas
+
+    asr = LoRAExpertsASR.from_hparams(source=str(out / "model"))
+    base = dict(WhisperModel.from_pretrained(tiny_whisper_dir).named_modules())
+    expected = base[LAYER].weight + 0.5 * (
+        adapter_delta(shared, LAYER) + adapter_delta(expert, LAYER)
+    )
+    layer = asr.experts.layers[LAYER]
+    loaded = layer.base.weight + layer.delta_weight(expert=0)
+    assert adapter_delta(expert, LAYER).abs().max() > 1e-3  # not trivial
+    assert torch.allclose(loaded, expected, atol=1e-6)

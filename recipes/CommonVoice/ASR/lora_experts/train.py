@@ -1124,7 +1124,8 @@ def attach_experts(hparams):
         The loaded hyperparameters (``expert_pool``, ``languages``,
         ``untrained_experts`` and the ``lora_*`` shape of untrained
         experts, optional ``extra_experts``: fresh trainable slots such as
-        the distillation student). Distillation also reads
+        the distillation student, optional ``expert_scale``: multiplier of
+        the pool's updates, fuse.yaml's expert soup). Distillation also reads
         ``multilingual_teacher`` (one more slot, loaded and frozen) and
         ``student_init`` (loaded into the student here, so that a resumed
         run's checkpoint, recovered when training starts, wins over it).
@@ -1159,6 +1160,7 @@ def attach_experts(hparams):
             hparams["expert_pool"],
             languages,
             extra_experts=extra,
+            scale=hparams.get("expert_scale", 1.0),
         )
     if distill:
         prepare_distill_pool(
