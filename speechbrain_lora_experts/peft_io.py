@@ -912,7 +912,7 @@ def attach_pool(
     speechbrain_lora_experts.peft_io.AdapterError: ... for 'de', not 'it'
     >>> shutil.rmtree(expert_pool)
     """
-    scale = adapter_scale(scale, "expert scale")
+    scale = adapter_scale(scale, "expert_scale")
     adapters = [read_adapter(f) for f in pool_folders(expert_pool, languages)]
     for lang, adapter in zip(languages, adapters):
         if adapter.language not in (None, lang):

@@ -103,6 +103,10 @@ def merge_shared_adapter(whisper, adapter=None, scale=1.0):
     Traceback (most recent call last):
     ...
     ValueError: shared_adapter_scale must be a finite number > 0, got -1.0; ...
+    >>> merge_shared_adapter(whisper, None, scale=0.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: shared_adapter_scale=0.5 scales a shared adapter, but none ...
     """
     if getattr(whisper, "shared_adapter", None) is not None:
         raise AdapterError(
@@ -113,6 +117,11 @@ def merge_shared_adapter(whisper, adapter=None, scale=1.0):
     whisper.shared_adapter = None
     whisper.shared_adapter_scale = 1.0
     if adapter is None:
+        if scale != 1.0:
+            raise ValueError(
+                f"shared_adapter_scale={scale} scales a shared adapter, but "
+                "none is given: set shared_adapter, or leave the scale at 1"
+            )
         return whisper
     adapter = os.fspath(adapter)
     read = read_adapter(adapter)
