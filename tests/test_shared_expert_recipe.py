@@ -14,7 +14,10 @@ import torch
 from demo_corpora import tiny_corpus
 
 from speechbrain_lora_experts.peft_io import read_adapter
-from speechbrain_lora_experts.recipe_runner import run_recipe
+from speechbrain_lora_experts.recipe_runner import (
+    load_recipe_script,
+    run_recipe,
+)
 from speechbrain_lora_experts.shared_adapter import adapter_delta
 
 LAYER = "decoder.layers.0.fc1"
@@ -137,3 +140,18 @@ def test_expert_soup_ships_and_loads_the_average(runs, tiny_whisper_dir):
     loaded = layer.base.weight + layer.delta_weight(expert=0)
     assert adapter_delta(expert, LAYER).abs().max() > 1e-3  # not trivial
     assert torch.allclose(loaded, expected, atol=1e-6)
+
+
+def test_expert_scale_is_refused_without_trained_experts(
+    tiny_whisper_dir, tmp_path
+):
+    from speechbrain_lora_experts.whisper import Whisper
+
+    hparams = {
+        "languages": ["de"],
+        "untrained_experts": True,
+        "expert_scale": 0.5,
+        "whisper": Whisper(tiny_whisper_dir, str(tmp_path)),
+    }
+    with pytest.raises(ValueError, match="none to scale"):
+        load_recipe_script().attach_experts(hparams)

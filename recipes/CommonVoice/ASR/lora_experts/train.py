@@ -1141,6 +1141,11 @@ def attach_experts(hparams):
     if distill and hparams.get("multilingual_teacher"):
         extra.append(MULTILINGUAL_TEACHER)
     if hparams["untrained_experts"]:
+        if hparams.get("expert_scale", 1.0) != 1.0:
+            raise ValueError(
+                "expert_scale multiplies the pool's trained experts; with "
+                "untrained_experts=True there are none to scale: leave it at 1"
+            )
         experts = WhisperLoRAExperts(
             hparams["whisper"],
             expert_names=languages + extra,
