@@ -257,6 +257,7 @@ MAIN_SYSTEMS = [
     "fusion_gate",
     "distillation",
     "expert_oracle",
+    "expert_soup",
     "zero_shot",
 ]
 SETTINGS = {
@@ -284,7 +285,7 @@ SETTINGS = {
     ),
     # 2-core CPU in the background: 6 languages (Cyrillic and Han among
     # them), 1.6x the training data per language, the main systems,
-    # aware, one seed: about 2.2 h (--estimate) plus the corpus build. The
+    # aware, one seed: about 2.3 h (--estimate) plus the corpus build. The
     # multilingual LoRA gets one epoch (384 clips, 96 steps), each expert
     # six over its 64 clips.
     "medium": dict(

@@ -261,12 +261,13 @@ def test_a_pool_alone_trains_with_what_it_references(tmp_path):
 
 
 def test_estimate_of_the_medium_setting(capsys):
-    # 6 experts, then 5 systems: the experts and the multilingual LoRA
-    # share the first wave, fusion, distillation and oracle the second.
+    # 6 experts, then 6 systems: the experts and the multilingual LoRA
+    # share the first wave, fusion, distillation, oracle and soup the
+    # second.
     estimate = quality.main(
         ["--setting=medium", "--whisper=whisper-base", "--estimate"]
     )
-    assert estimate["runs"] == 11
+    assert estimate["runs"] == 12
     assert estimate["cpu_seconds"] / 2 <= estimate["wall_seconds"]
     assert estimate["wall_seconds"] < estimate["cpu_seconds"]
     assert "plain/zh/1" in capsys.readouterr().out
