@@ -75,14 +75,15 @@ def update_geometry(ml, expert):
         raise ValueError(
             f"{ml.folder} and {expert.folder} adapt no layer in common"
         )
-    dot = ml_sq = ex_sq = soup_sq = 0.0
+    dot = ml_sq = ex_sq = 0.0
     for name in layers:
         d_ml = adapter_delta(ml, name).double()
         d_ex = adapter_delta(expert, name).double()
         dot += float((d_ml * d_ex).sum())
         ml_sq += float((d_ml * d_ml).sum())
         ex_sq += float((d_ex * d_ex).sum())
-        soup_sq += float((((d_ml + d_ex) / 2) ** 2).sum())
+    # ||(a + b) / 2||^2 = (||a||^2 + ||b||^2 + 2 a.b) / 4
+    soup_sq = max(0.0, (ml_sq + ex_sq + 2 * dot) / 4)
     return dict(
         cos=dot / math.sqrt(ml_sq * ex_sq),
         soup_over_ml=math.sqrt(soup_sq / ml_sq),
