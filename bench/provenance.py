@@ -40,6 +40,43 @@ def public_name(path):
     return os.path.basename(os.path.normpath(os.path.expanduser(path)))
 
 
+def add_run_options(parser, name, collect_help):
+    """Adds where the result goes and what is run to a bench's parser.
+
+    ``--out`` (results folder, default ``bench/results``), ``--name`` (the
+    result files' name), ``--dry_run`` and ``--collect_only``.
+
+    Arguments
+    ---------
+    parser : argparse.ArgumentParser
+        The benchmark's parser.
+    name : str or None
+        Default ``--name`` (None: the benchmark derives one).
+    collect_help : str
+        What ``--collect_only`` reports.
+
+    Example
+    -------
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser()
+    >>> add_run_options(parser, "demo", "report what ran")
+    >>> args = parser.parse_args(["--collect_only"])
+    >>> args.name, args.collect_only, args.dry_run
+    ('demo', True, False)
+    """
+    results = os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "results"
+    )
+    parser.add_argument("--out", default=results)
+    parser.add_argument("--name", default=name)
+    parser.add_argument("--dry_run", action="store_true")
+    parser.add_argument(
+        "--collect_only",
+        action="store_true",
+        help=f"{collect_help}; run nothing",
+    )
+
+
 def save_result(out, name, result, write_markdown):
     """Writes ``<out>/<name>.json`` and, through ``write_markdown``, ``.md``.
 

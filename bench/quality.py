@@ -235,13 +235,16 @@ LEAD_SYSTEMS = {
     # (fuse.yaml's shared_adapter_scale and expert_scale at 0.5), routed
     # by the language like the oracle. No training, and merged per
     # language it decodes as fast as Whisper. The weight is the uniform
-    # soup's, not tuned.
+    # soup's, not tuned. Agnostic, the soup's base (Whisper + half the
+    # multilingual LoRA, experts off) names the language that routes, as
+    # the pretrained interface does; aware, the given language routes.
     "expert_soup": dict(
         hparams="fuse.yaml",
         pool="plain",
         train=False,
         overrides={
             "fusion": "oracle",
+            "oracle_routing": "lid",
             "lid_source": "decoder",
             "shared_adapter": MULTILINGUAL,
             "shared_adapter_scale": 0.5,

@@ -46,7 +46,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import quality  # noqa: E402
-from provenance import public_name  # noqa: E402
+from provenance import add_run_options, public_name  # noqa: E402
 
 LANGUAGE_SETS = {
     2: ["de", "it"],
@@ -263,14 +263,7 @@ def parse_args(argv=None):
         default=os.path.join(HERE, "work", "sweep_corpora"),
         help="corpora, shared by placements",
     )
-    parser.add_argument("--out", default=os.path.join(HERE, "results"))
-    parser.add_argument("--name", default=None)
-    parser.add_argument("--dry_run", action="store_true")
-    parser.add_argument(
-        "--collect_only",
-        action="store_true",
-        help="report the finished points; run nothing",
-    )
+    add_run_options(parser, None, "report the finished points")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.factors = [f for f in args.factors.split(",") if f]

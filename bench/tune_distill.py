@@ -46,7 +46,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import quality  # noqa: E402
-from provenance import public_name, save_result  # noqa: E402
+from provenance import add_run_options, public_name, save_result  # noqa: E402
 
 SYSTEM = "distill_generalist"
 KNOBS = (
@@ -234,13 +234,8 @@ def grid_parser(description, name, parallel):
         "--parallel", type=int, default=parallel, help="grid points at a time"
     )
     parser.add_argument("--work", default=os.path.join(HERE, "work", name))
-    parser.add_argument("--out", default=os.path.join(HERE, "results"))
-    parser.add_argument("--name", default=name)
-    parser.add_argument("--dry_run", action="store_true")
-    parser.add_argument(
-        "--collect_only",
-        action="store_true",
-        help="report the dev curves the points have so far; run nothing",
+    add_run_options(
+        parser, name, "report the dev curves the points have so far"
     )
     return parser
 

@@ -227,6 +227,8 @@ def test_systems_reference_other_runs(tmp_path):
         soup["overrides"]["expert_scale"],
         soup["overrides"]["number_of_epochs"],
     ) == (0.5, 0.5, 0)
+    # Agnostic, the soup's own base names the language, never the label.
+    assert soup["overrides"]["oracle_routing"] == "lid"
     assert soup["deps"] == {
         ("expert", "plain", "de", 1),
         ("expert", "plain", "it", 1),

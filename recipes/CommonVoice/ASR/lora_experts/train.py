@@ -325,6 +325,7 @@ class WhisperExpertsBrain(sb.Brain):
         wavs, wav_lens = batch.sig
         tokens_bos, _ = batch.tokens_bos
         features = self.encoder_input(wavs)
+        self.before_routing(batch, features)
         with self.routing_scope():
             self.set_routing(batch, stage)
             enc = self.run_encoder(features)
@@ -335,6 +336,17 @@ class WhisperExpertsBrain(sb.Brain):
             if stage != sb.Stage.TRAIN and self._decode_now(stage):
                 predictions.update(self.decode(batch, enc))
         return predictions
+
+    def before_routing(self, batch, features):
+        """Work a batch needs before its routing is set (none here).
+
+        Arguments
+        ---------
+        batch : PaddedBatch
+            The batch, on the device.
+        features : torch.Tensor
+            What the encoder starts from (``encoder_input``).
+        """
 
     def _decode_now(self, stage):
         if stage == sb.Stage.TEST:
@@ -634,17 +646,34 @@ class FusionBrain(WhisperExpertsBrain):
       output when they adapt none), so it always sees base-model features
       and costs no extra encoder pass; ``gate_level: token`` uses per-layer
       token gates instead;
-    * ``oracle``: each utterance goes through its true language's expert
-      (an upper bound, not a deployable system);
+    * ``oracle``: each utterance goes through one language's expert:
+      with ``oracle_routing: label`` its true language's (in the agnostic
+      scenario an upper bound, not a deployable system); with ``lid``, in
+      the agnostic scenario, the language the model names with its
+      experts off (Whisper plus any shared adapter), which also prompts
+      the decoder: what the pretrained interface does with no language
+      given, at the cost of a second encoder pass. Aware, both route by
+      the given language;
     * ``linear`` / ``ties``: a static, training-free merge of all experts
       into the weights (``ties_density``).
 
     Hparams: ``gate``, ``gate_level``, ``lid_loss_weight``, ``lid_source``
-    (gate/decoder, agnostic scenario), ``fusion``, ``ties_density``.
+    (gate/decoder, agnostic scenario), ``fusion``, ``oracle_routing``
+    (label/lid), ``ties_density``.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        routing = self.oracle_routing
+        if routing not in ("label", "lid"):
+            raise ValueError(
+                f"oracle_routing must be label or lid, got {routing!r}"
+            )
+        if routing == "lid" and self.fusion != "oracle":
+            raise ValueError(
+                f"oracle_routing: lid routes fusion: oracle; with fusion: "
+                f"{self.fusion} set oracle_routing: label"
+            )
         # Token gates must exist before the optimiser and checkpoint recovery.
         if self.token_level and not self.experts.token_gates:
             self.experts.add_token_gates(
@@ -655,6 +684,20 @@ class FusionBrain(WhisperExpertsBrain):
     def fusion(self):
         """How the experts are combined."""
         return getattr(self.hparams, "fusion", "gate")
+
+    @property
+    def oracle_routing(self):
+        """What routes ``fusion: oracle`` (``label`` or ``lid``)."""
+        return getattr(self.hparams, "oracle_routing", "label")
+
+    @property
+    def routes_by_lid(self):
+        """Whether the experts-off model names the language that routes."""
+        return (
+            self.fusion == "oracle"
+            and self.oracle_routing == "lid"
+            and not self.language_aware
+        )
 
     @property
     def token_level(self):
@@ -693,10 +736,36 @@ class FusionBrain(WhisperExpertsBrain):
         if self.uses_tap and getattr(self, "_tap", None) is None:
             self._tap = GateTap(self.whisper, self.experts, self.hparams.gate)
 
+    def before_routing(self, batch, features):
+        """``oracle_routing: lid``: names each utterance's language.
+
+        The model with its experts off (Whisper plus any merged shared
+        adapter) encodes the batch and its decoder's language step picks
+        among the target languages; ``set_routing`` and the prompt use it.
+        """
+        self._named_languages = None
+        if not self.routes_by_lid:
+            return
+        with torch.no_grad(), self.experts.scope():
+            enc = self.run_encoder(features)
+            codes, _ = decoding.detect_language(
+                self.whisper, enc, candidates=self.languages
+            )
+        self._named_languages = list(codes)
+
     def set_routing(self, batch, stage):
         """Gate (utterance or token), oracle routing, or nothing (merged)."""
         if self.fusion == "oracle":
-            self.experts.route(self.lang_ids(batch))
+            named = getattr(self, "_named_languages", None)
+            if named is None:
+                self.experts.route(self.lang_ids(batch))
+            else:
+                self.experts.route(
+                    torch.as_tensor(
+                        [self.languages.index(code) for code in named],
+                        device=self.device,
+                    )
+                )
         elif self.token_level:
             self.experts.use_token_gates()
         elif self.uses_tap:
@@ -732,7 +801,14 @@ class FusionBrain(WhisperExpertsBrain):
         return predictions
 
     def predicted_languages(self, batch, enc):
-        """In the agnostic scenario the gate can name the language."""
+        """In the agnostic scenario the gate can name the language.
+
+        With ``oracle_routing: lid`` the language that routed the batch
+        prompts it.
+        """
+        named = getattr(self, "_named_languages", None)
+        if named is not None:
+            return list(named)
         source = getattr(self.hparams, "lid_source", "gate")
         if self.language_aware or not self.uses_tap or source != "gate":
             return super().predicted_languages(batch, enc)
