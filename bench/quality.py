@@ -175,6 +175,27 @@ LEAD_POOLS = {
         },
     ),
 }
+
+
+def _soup_system(shared_scale, expert_scale):
+    """An expert soup: ``W + shared_scale * dML + expert_scale * dE``."""
+    return dict(
+        hparams="fuse.yaml",
+        pool="plain",
+        train=False,
+        overrides={
+            "fusion": "oracle",
+            "oracle_routing": "lid",
+            "lid_source": "decoder",
+            "shared_adapter": MULTILINGUAL,
+            "shared_adapter_scale": shared_scale,
+            "expert_scale": expert_scale,
+        },
+    )
+
+
+# (shared_adapter_scale, expert_scale) chosen by bench/tune_soup.py.
+SOUP_DEV_SCALES = (0.65, 0.5)
 LEAD_SYSTEMS = {
     "shared_expert_oracle": dict(
         hparams="fuse.yaml",
@@ -238,19 +259,10 @@ LEAD_SYSTEMS = {
     # soup's, not tuned. Agnostic, the soup's base (Whisper + half the
     # multilingual LoRA, experts off) names the language that routes, as
     # the pretrained interface does; aware, the given language routes.
-    "expert_soup": dict(
-        hparams="fuse.yaml",
-        pool="plain",
-        train=False,
-        overrides={
-            "fusion": "oracle",
-            "oracle_routing": "lid",
-            "lid_source": "decoder",
-            "shared_adapter": MULTILINGUAL,
-            "shared_adapter_scale": 0.5,
-            "expert_scale": 0.5,
-        },
-    ),
+    "expert_soup": _soup_system(0.5, 0.5),
+    # The soup with both weights chosen on the small setting's dev set,
+    # no test set read (bench/tune_soup.py, results/tune_soup_small.md).
+    "expert_soup_dev": _soup_system(SOUP_DEV_SCALES[0], SOUP_DEV_SCALES[1]),
 }
 POOLS.update(LEAD_POOLS)
 SYSTEMS.update(LEAD_SYSTEMS)
