@@ -229,7 +229,7 @@ def test_systems_reference_other_runs(tmp_path):
     ) == (0.5, 0.5, 0)
     # Agnostic, the soup's own base names the language, never the label.
     assert soup["overrides"]["oracle_routing"] == "lid"
-    # The dev-tuned soup differs from it in the two weights only.
+    # The dev-tuned soup differs from it in the weights only.
     tuned = quality.plan_runs(_args(tmp_path, systems="expert_soup_dev"))
     tuned = tuned[("system", "expert_soup_dev", "aware", 1)]
     assert tuned["out"].endswith("expert_soup_dev_aware")
@@ -237,10 +237,8 @@ def test_systems_reference_other_runs(tmp_path):
     changed = {
         k: v for k, v in tuned["overrides"].items() if soup["overrides"][k] != v
     }
-    assert set(changed) - {"output_folder"} == {
-        "shared_adapter_scale",
-        "expert_scale",
-    }
+    changed = set(changed) - {"output_folder"}
+    assert changed and changed <= {"shared_adapter_scale", "expert_scale"}
     assert soup["deps"] == {
         ("expert", "plain", "de", 1),
         ("expert", "plain", "it", 1),
