@@ -177,7 +177,7 @@ LEAD_POOLS = {
 }
 
 
-def _soup_system(shared_scale, expert_scale):
+def _soup_system(shared_scale, expert_scale, routing="lid"):
     """An expert soup: ``W + shared_scale * dML + expert_scale * dE``."""
     return dict(
         hparams="fuse.yaml",
@@ -185,7 +185,7 @@ def _soup_system(shared_scale, expert_scale):
         train=False,
         overrides={
             "fusion": "oracle",
-            "oracle_routing": "lid",
+            "oracle_routing": routing,
             "lid_source": "decoder",
             "shared_adapter": MULTILINGUAL,
             "shared_adapter_scale": shared_scale,
@@ -263,6 +263,10 @@ LEAD_SYSTEMS = {
     # The soup with both weights chosen on the small setting's dev set,
     # no test set read (bench/tune_soup.py, results/tune_soup_small.md).
     "expert_soup_dev": _soup_system(SOUP_DEV_SCALES[0], SOUP_DEV_SCALES[1]),
+    # Agnostic, the uniform soup routed by the true language instead of
+    # its base's LID: how much of the soup's gain the router loses (an
+    # upper bound, not deployable). Aware it is expert_soup.
+    "expert_soup_label": _soup_system(0.5, 0.5, routing="label"),
 }
 POOLS.update(LEAD_POOLS)
 SYSTEMS.update(LEAD_SYSTEMS)

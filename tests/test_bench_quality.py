@@ -239,6 +239,11 @@ def test_systems_reference_other_runs(tmp_path):
     }
     changed = set(changed) - {"output_folder"}
     assert changed and changed <= {"shared_adapter_scale", "expert_scale"}
+    # Its agnostic upper bound routes by the true language.
+    label = quality.plan_runs(_args(tmp_path, systems="expert_soup_label"))
+    label = label[("system", "expert_soup_label", "aware", 1)]["overrides"]
+    assert label["oracle_routing"] == "label"
+    assert label["shared_adapter_scale"] == label["expert_scale"] == 0.5
     assert soup["deps"] == {
         ("expert", "plain", "de", 1),
         ("expert", "plain", "it", 1),
