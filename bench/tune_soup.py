@@ -35,12 +35,11 @@ Authors
 import argparse
 import concurrent.futures
 import os
-import subprocess
 import sys
 
 import numpy as np
 
-from speechbrain_lora_experts.recipe_runner import run_finished, run_recipe
+from speechbrain_lora_experts.recipe_runner import run_finished
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -165,27 +164,6 @@ def dev_overrides(task, point, out):
     return values
 
 
-def run_point(args, task, name, out, overrides):
-    """One evaluation, unless finished; a failure message or None."""
-    if run_finished(out):
-        return None
-    logs = os.path.join(args.work, "logs")
-    os.makedirs(logs, exist_ok=True)
-    log_path = os.path.join(logs, f"{name}.log")
-    with open(log_path, "a") as log:
-        try:
-            run_recipe(
-                task["hparams"],
-                overrides,
-                log=log,
-                device=args.device,
-                precision=args.precision,
-            )
-        except subprocess.CalledProcessError as error:
-            return f"exit status {error.returncode}, see {log_path}"
-    return None
-
-
 def score(runs, reference, n_resamples=1000):
     """Dev macro error rates of the points and gains over ``reference``.
 
@@ -293,6 +271,7 @@ def main(argv=None):
     """Runs the grid's evaluations (or lists them) and scores them."""
     args = parse_args(argv)
     tasks = soup_tasks(args)
+    # (point name, seed, the recipe run as quality.run_one takes it)
     plan = []
     for point in args.points:
         name = point_name(point)
@@ -300,34 +279,30 @@ def main(argv=None):
             out = os.path.join(
                 args.work, f"seed{seed}", f"soup_dev_{args.scenario}", name
             )
-            overrides = dev_overrides(task, point, out)
-            plan.append((name, seed, task, out, overrides))
+            run = dict(
+                hparams=task["hparams"],
+                out=out,
+                overrides=dev_overrides(task, point, out),
+            )
+            plan.append((name, seed, run))
     if args.dry_run:
-        for name, seed, task, out, overrides in plan:
-            print(f"seed {seed} {name}: {out}")
+        for name, seed, run in plan:
+            print(f"seed {seed} {name}: {run['out']}")
         return None
-    failed = {}
+    # quality.run_one's bookkeeping: failures, wall and CPU seconds.
+    args.failed, args.seconds, args.cpu_seconds = {}, {}, {}
     if not args.collect_only:
         with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as ex:
-            futures = {
-                ex.submit(
-                    run_point,
-                    args,
-                    task,
-                    f"seed{seed}_soup_dev_{args.scenario}_{name}",
-                    out,
-                    overrides,
-                ): (name, seed)
-                for name, seed, task, out, overrides in plan
-            }
-            for future in concurrent.futures.as_completed(futures):
-                message = future.result()
-                if message:
-                    failed["{} seed {}".format(*futures[future])] = message
+            list(ex.map(lambda item: quality.run_one(args, item[2]), plan))
+    failed = {
+        f"{name} seed {seed}": args.failed[key]
+        for name, seed, run in plan
+        if (key := quality._run_name(args, run["out"])) in args.failed
+    }
     runs = {point_name(p): {} for p in args.points}
-    for name, seed, _, out, _ in plan:
-        if run_finished(out):
-            runs[name][seed] = read_run(out)
+    for name, seed, run in plan:
+        if run_finished(run["out"]):
+            runs[name][seed] = read_run(run["out"])
     rows = score(runs, point_name(UNIFORM))
     for row in rows:
         row["point"] = next(

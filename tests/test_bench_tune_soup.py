@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -72,7 +73,7 @@ def fake_soup(monkeypatch):
         # seed 1, 2 of 4 on seed 2. b = 0.3: 3 of 4. The (0.7, 0.3) point
         # fails on seed 2.
         if a == 0.7 and b == 0.3 and seed == 2:
-            raise tune_soup.subprocess.CalledProcessError(1, "train.py")
+            raise subprocess.CalledProcessError(1, "train.py")
         e = 2
         if a == 0.7:
             e = 1 if seed == 1 else 2
@@ -83,7 +84,7 @@ def fake_soup(monkeypatch):
         _finish(out)
 
     monkeypatch.setattr(tune_soup, "soup_tasks", fake_tasks)
-    monkeypatch.setattr(tune_soup, "run_recipe", fake_recipe)
+    monkeypatch.setattr(tune_soup.quality, "run_recipe", fake_recipe)
     return calls
 
 
