@@ -177,20 +177,24 @@ LEAD_POOLS = {
 }
 
 
-def _soup_system(shared_scale, expert_scale, routing="lid"):
-    """An expert soup: ``W + shared_scale * dML + expert_scale * dE``."""
+def _soup_system(shared_scale, expert_scale, routing="lid", lid_scale=None):
+    """An expert soup: ``W + shared_scale * dML + expert_scale * dE``.
+
+    ``lid_scale``: the multilingual LoRA's weight in the agnostic language
+    step that routes (None: ``shared_scale``, the soup's own base).
+    """
+    overrides = {
+        "fusion": "oracle",
+        "oracle_routing": routing,
+        "lid_source": "decoder",
+        "shared_adapter": MULTILINGUAL,
+        "shared_adapter_scale": shared_scale,
+        "expert_scale": expert_scale,
+    }
+    if lid_scale is not None:
+        overrides["shared_adapter_lid_scale"] = lid_scale
     return dict(
-        hparams="fuse.yaml",
-        pool="plain",
-        train=False,
-        overrides={
-            "fusion": "oracle",
-            "oracle_routing": routing,
-            "lid_source": "decoder",
-            "shared_adapter": MULTILINGUAL,
-            "shared_adapter_scale": shared_scale,
-            "expert_scale": expert_scale,
-        },
+        hparams="fuse.yaml", pool="plain", train=False, overrides=overrides
     )
 
 
@@ -267,6 +271,15 @@ LEAD_SYSTEMS = {
     # its base's LID: how much of the soup's gain the router loses (an
     # upper bound, not deployable). Aware it is expert_soup.
     "expert_soup_label": _soup_system(0.5, 0.5, routing="label"),
+    # Agnostic, the soups routed by the multilingual LoRA at full weight
+    # (shared_adapter_lid_scale 1): the language step of the model the
+    # soup halves, not of the half (issue 9's shared model naming the
+    # language). Same cost as expert_soup's routing; aware they are
+    # expert_soup and expert_soup_dev.
+    "expert_soup_ml_routed": _soup_system(0.5, 0.5, lid_scale=1.0),
+    "expert_soup_dev_ml_routed": _soup_system(
+        SOUP_DEV_SCALES[0], SOUP_DEV_SCALES[1], lid_scale=1.0
+    ),
 }
 POOLS.update(LEAD_POOLS)
 SYSTEMS.update(LEAD_SYSTEMS)

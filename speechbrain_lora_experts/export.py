@@ -31,6 +31,10 @@ import shutil
 
 from speechbrain_lora_experts.languages import canonical_language
 from speechbrain_lora_experts.peft_io import save_expert
+from speechbrain_lora_experts.shared_adapter import (
+    LANGUAGE_STEP_FILE,
+    write_language_step,
+)
 
 logger = logging.getLogger(__name__)
 MODEL_INFO = "model.json"
@@ -96,6 +100,7 @@ def export_model(
     metadata=None,
     shared_adapter=None,
     shared_adapter_scale=1.0,
+    shared_adapter_lid_scale=None,
 ):
     """Writes a model folder that ``LoRAExpertsASR.from_hparams`` loads.
 
@@ -151,6 +156,10 @@ def export_model(
     shared_adapter_scale : float
         The multiplier it was merged with; the shipped copy's alpha
         carries it.
+    shared_adapter_lid_scale : float, optional
+        Its multiplier in the step that names the language (an agnostic
+        soup routed by the full multilingual LoRA); shipped beside the
+        copy, relative to it, in ``language_step.json``.
 
     Returns
     -------
@@ -253,7 +262,10 @@ def export_model(
         # Residual experts only make sense on the base they were trained
         # on: the shared LoRA travels with them and is merged at load.
         files += _copy_shared_adapter(
-            shared_adapter, folder, shared_adapter_scale
+            shared_adapter,
+            folder,
+            shared_adapter_scale,
+            shared_adapter_lid_scale,
         )
         info["shared_adapter"] = SHARED_ADAPTER_DIR
     info["files"] = files + [CUSTOM_INTERFACE]
@@ -263,12 +275,13 @@ def export_model(
     return folder
 
 
-def _copy_shared_adapter(source, folder, scale=1.0):
+def _copy_shared_adapter(source, folder, scale=1.0, lid_scale=None):
     """Copies a PEFT adapter folder to ``<folder>/shared_adapter/``.
 
     A ``scale`` other than 1 is written into the copy's alpha, so the copy
     is the update that was merged: the interface, and PEFT's
-    ``merge_and_unload``, merge it as it is.
+    ``merge_and_unload``, merge it as it is. A ``lid_scale`` is recorded
+    relative to the copy (``language_step.json``).
     """
     target = os.path.join(folder, SHARED_ADAPTER_DIR)
     if os.path.isdir(target):
@@ -276,6 +289,8 @@ def _copy_shared_adapter(source, folder, scale=1.0):
     os.makedirs(target)
     copied = []
     for name in sorted(os.listdir(source)):
+        if name == LANGUAGE_STEP_FILE:
+            continue  # a re-export records its own below
         if name.endswith((".json", ".safetensors")):
             shutil.copy2(os.path.join(source, name), target)
             copied.append(f"{SHARED_ADAPTER_DIR}/{name}")
@@ -289,6 +304,9 @@ def _copy_shared_adapter(source, folder, scale=1.0):
         }
         with open(config_path, "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2)
+    if lid_scale is not None and lid_scale != scale:
+        write_language_step(target, lid_scale / scale)
+        copied.append(f"{SHARED_ADAPTER_DIR}/{LANGUAGE_STEP_FILE}")
     return copied
 
 
@@ -795,9 +813,12 @@ def export_run(brain):
     }
     shared = getattr(hparams.whisper, "shared_adapter", None)
     shared_scale = getattr(hparams.whisper, "shared_adapter_scale", 1.0)
+    lid_scale = getattr(hparams.whisper, "shared_adapter_lid_scale", None)
     if shared is not None:
         training["shared_adapter"] = shared
         training["shared_adapter_scale"] = shared_scale
+        if lid_scale is not None:
+            training["shared_adapter_lid_scale"] = lid_scale
     expert_scale = getattr(hparams, "expert_scale", 1.0)
     if expert_scale != 1.0:
         training["expert_scale"] = expert_scale
@@ -841,4 +862,5 @@ def export_run(brain):
         metadata=training,
         shared_adapter=shared,
         shared_adapter_scale=shared_scale,
+        shared_adapter_lid_scale=lid_scale,
     )

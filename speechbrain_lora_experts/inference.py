@@ -79,6 +79,7 @@ from speechbrain_lora_experts.languages import (
     UnknownLanguageError,
     canonical_language,
 )
+from speechbrain_lora_experts.shared_adapter import language_step_weights
 
 # owner/name: what SpeechBrain's fetch would look up on the HF hub.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -244,9 +245,13 @@ def load_shared_adapter(whisper, path):
     >>> bool((after - before).abs().sum() > 0)
     True
     """
-    from speechbrain_lora_experts.shared_adapter import merge_shared_adapter
+    from speechbrain_lora_experts.shared_adapter import (
+        merge_shared_adapter,
+        read_language_step,
+    )
 
-    merge_shared_adapter(whisper, os.fspath(path))
+    path = os.fspath(path)
+    merge_shared_adapter(whisper, path, lid_scale=read_language_step(path))
 
 
 def load_safetensors(module, path):
@@ -1568,8 +1573,9 @@ class LoRAExpertsASR(WhisperASR):
         base = None
         if languages is None and (mode == "pool" or self.gate.language_aware):
             # Routing (or an aware gate) needs the language before the
-            # adapted layers run: base Whisper names it.
-            with experts.scope():
+            # adapted layers run: base Whisper (with the shared adapter
+            # at its language-step weight, if one is recorded) names it.
+            with experts.scope(), language_step_weights(whisper):
                 base = self._named(whisper.forward_encoder(mel), None)
             languages = base.languages
         if mode == "pool":
@@ -1583,7 +1589,13 @@ class LoRAExpertsASR(WhisperASR):
             adapts_encoder = any(
                 name.startswith("encoder.") for name in experts.layers
             )
-            if base is not None and not adapts_encoder:
+            # The base pass's encoder output serves decoder-only experts,
+            # unless it ran with the shared adapter re-weighed.
+            if (
+                base is not None
+                and not adapts_encoder
+                and not getattr(whisper, "shared_lid_weights", None)
+            ):
                 return base
             enc = whisper.forward_encoder(mel)
             if base is None:

@@ -17,6 +17,8 @@ Authors
  * speechbrain-lora-experts developers 2026
 """
 
+import contextlib
+import json
 import os
 
 import torch
@@ -28,6 +30,73 @@ from speechbrain_lora_experts.peft_io import (
     adapter_scale,
     read_adapter,
 )
+
+# Beside a model folder's shared adapter copy: the multiplier, relative to
+# the copy, of the step that names the language (PEFT ignores the file).
+LANGUAGE_STEP_FILE = "language_step.json"
+
+
+def write_language_step(folder, lid_scale):
+    """Records ``lid_scale`` (relative to the adapter in ``folder``).
+
+    Arguments
+    ---------
+    folder : str
+        A PEFT adapter folder (a model folder's ``shared_adapter/``).
+    lid_scale : float
+        Multiplier of that adapter while the model names the language.
+
+    Returns
+    -------
+    str
+        The file written.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = write_language_step(folder, 2.0)
+    >>> read_language_step(folder)
+    2.0
+    """
+    path = os.path.join(folder, LANGUAGE_STEP_FILE)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"lid_scale": float(lid_scale)}, f)
+    return path
+
+
+def read_language_step(folder):
+    """The language step's multiplier ``write_language_step`` recorded.
+
+    Arguments
+    ---------
+    folder : str
+        A PEFT adapter folder.
+
+    Returns
+    -------
+    float or None
+        None when nothing is recorded (the adapter names the language at
+        the weight it is merged with).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> read_language_step(tempfile.mkdtemp()) is None
+    True
+    """
+    path = os.path.join(folder, LANGUAGE_STEP_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)["lid_scale"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise AdapterError(
+            f"{path} is not a language-step record ({err}); export the "
+            "model again"
+        ) from err
+    return adapter_scale(value, f"{path} lid_scale")
 
 
 def adapter_delta(adapter, name):
@@ -61,7 +130,7 @@ def adapter_delta(adapter, name):
     return scaling * (lora_b.float() @ lora_a.float())
 
 
-def merge_shared_adapter(whisper, adapter=None, scale=1.0):
+def merge_shared_adapter(whisper, adapter=None, scale=1.0, lid_scale=None):
     """Merges a shared LoRA adapter into ``whisper``'s weights, in place.
 
     Call it before experts attach (the recipes' yamls wrap the Whisper
@@ -80,6 +149,14 @@ def merge_shared_adapter(whisper, adapter=None, scale=1.0):
         e.g. 0.5, with the experts at 0.5 (``attach_pool(scale=)``), makes
         each language's model the average of the multilingual LoRA and
         its expert.
+    lid_scale : float or None
+        The adapter's multiplier while the model names the language
+        (``shared_adapter_lid_scale``; None: ``scale``). An expert soup
+        merges the shared LoRA at 0.5, which blurs the language step the
+        multilingual LoRA learned at 1; with ``lid_scale=1.0`` the
+        routing language comes from the multilingual LoRA itself. Those
+        weights are kept beside the merged ones and swapped in by
+        ``language_step_weights`` (exact, no re-merge).
 
     Returns
     -------
@@ -107,6 +184,10 @@ def merge_shared_adapter(whisper, adapter=None, scale=1.0):
     Traceback (most recent call last):
     ...
     ValueError: shared_adapter_scale=0.5 scales a shared adapter, but none ...
+    >>> merge_shared_adapter(whisper, None, lid_scale=1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: shared_adapter_lid_scale=1.0 scales a shared adapter, but ...
     """
     if getattr(whisper, "shared_adapter", None) is not None:
         raise AdapterError(
@@ -114,13 +195,23 @@ def merge_shared_adapter(whisper, adapter=None, scale=1.0):
             "into this Whisper; load a fresh Whisper to merge another"
         )
     scale = adapter_scale(scale, "shared_adapter_scale")
+    if lid_scale is not None:
+        lid_scale = adapter_scale(lid_scale, "shared_adapter_lid_scale")
     whisper.shared_adapter = None
     whisper.shared_adapter_scale = 1.0
+    whisper.shared_adapter_lid_scale = None
+    whisper.shared_lid_weights = {}
     if adapter is None:
         if scale != 1.0:
             raise ValueError(
                 f"shared_adapter_scale={scale} scales a shared adapter, but "
                 "none is given: set shared_adapter, or leave the scale at 1"
+            )
+        if lid_scale is not None:
+            raise ValueError(
+                f"shared_adapter_lid_scale={lid_scale} scales a shared "
+                "adapter, but none is given: set shared_adapter, or leave "
+                "the scale at null"
             )
         return whisper
     adapter = os.fspath(adapter)
@@ -146,13 +237,91 @@ def merge_shared_adapter(whisper, adapter=None, scale=1.0):
         deltas[name] = delta
     # Every shape is checked before the first write: a refused adapter
     # leaves the model as it was.
+    lid_weights = {}
     with torch.no_grad():
         for name, delta in deltas.items():
             weight = _linear(modules[name]).weight
+            if lid_scale is not None and lid_scale != scale:
+                # From the unmerged weight: W + lid_scale * dW exactly as a
+                # model merged at lid_scale would hold it.
+                lid_weights[name] = weight.detach() + (
+                    delta * (lid_scale / scale)
+                ).to(device=weight.device, dtype=weight.dtype)
             weight.add_(delta.to(device=weight.device, dtype=weight.dtype))
     whisper.shared_adapter = adapter
     whisper.shared_adapter_scale = scale
+    whisper.shared_adapter_lid_scale = lid_scale
+    whisper.shared_lid_weights = lid_weights
     return whisper
+
+
+@contextlib.contextmanager
+def language_step_weights(whisper):
+    """Within it, the shared adapter weighs ``lid_scale``, not ``scale``.
+
+    For the pass that names the language (experts off) of a model merged
+    with ``merge_shared_adapter(..., lid_scale=)``; a no-op otherwise. The
+    weights are swapped, not re-merged, so leaving restores them bit for
+    bit. Gradients are off inside: naming a language trains nothing.
+
+    Arguments
+    ---------
+    whisper : torch.nn.Module
+        A Whisper ``merge_shared_adapter`` was applied to (or any other).
+
+    Yields
+    ------
+    torch.nn.Module
+        ``whisper``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from speechbrain_lora_experts.attach import WhisperLoRAExperts
+    >>> from speechbrain_lora_experts.peft_io import save_expert
+    >>> from speechbrain_lora_experts.testing.tiny_whisper import (
+    ...     make_tiny_whisper,
+    ... )
+    >>> from speechbrain_lora_experts.whisper import Whisper
+    >>> hub = make_tiny_whisper(tempfile.mkdtemp())
+    >>> pool = WhisperLoRAExperts(
+    ...     Whisper(hub, tempfile.mkdtemp()), expert_names=["all"], rank=2
+    ... )
+    >>> _ = [torch.nn.init.ones_(p) for p in pool.expert_parameters("all")]
+    >>> folder = save_expert(pool, "all", tempfile.mkdtemp())
+    >>> full = merge_shared_adapter(Whisper(hub, tempfile.mkdtemp()), folder)
+    >>> soup = merge_shared_adapter(
+    ...     Whisper(hub, tempfile.mkdtemp()), folder, scale=0.5, lid_scale=1.0
+    ... )
+    >>> fc1 = lambda w: w.model.decoder.layers[0].fc1.weight
+    >>> before = fc1(soup).clone()
+    >>> with language_step_weights(soup):
+    ...     torch.allclose(fc1(soup), fc1(full))
+    True
+    >>> torch.equal(fc1(soup), before)
+    True
+    """
+    lid_weights = getattr(whisper, "shared_lid_weights", None)
+    if not lid_weights:
+        yield whisper
+        return
+    modules = dict(whisper_model(whisper).named_modules())
+    saved = {}
+    try:
+        with torch.no_grad():
+            for name, lid in lid_weights.items():
+                weight = _linear(modules[name]).weight
+                if lid.device != weight.device or lid.dtype != weight.dtype:
+                    # The Brain moves the model after the yaml merged it.
+                    lid = lid_weights[name] = lid.to(
+                        weight.device, weight.dtype
+                    )
+                saved[name] = weight.data
+                weight.data = lid
+            yield whisper
+    finally:
+        for name, data in saved.items():
+            _linear(modules[name]).weight.data = data
 
 
 def _linear(module):

@@ -244,6 +244,21 @@ def test_systems_reference_other_runs(tmp_path):
     label = label[("system", "expert_soup_label", "aware", 1)]["overrides"]
     assert label["oracle_routing"] == "label"
     assert label["shared_adapter_scale"] == label["expert_scale"] == 0.5
+    assert "shared_adapter_lid_scale" not in soup["overrides"]
+    # Routed by the multilingual LoRA at full weight: only that differs.
+    for name, base in [
+        ("expert_soup_ml_routed", soup),
+        ("expert_soup_dev_ml_routed", tuned),
+    ]:
+        routed = quality.plan_runs(_args(tmp_path, systems=name))
+        routed = routed[("system", name, "aware", 1)]
+        assert routed["deps"] == soup["deps"]
+        extra = {
+            k: v
+            for k, v in routed["overrides"].items()
+            if base["overrides"].get(k) != v and k != "output_folder"
+        }
+        assert extra == {"shared_adapter_lid_scale": 1.0}
     assert soup["deps"] == {
         ("expert", "plain", "de", 1),
         ("expert", "plain", "it", 1),

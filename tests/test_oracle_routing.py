@@ -7,7 +7,10 @@ import torch
 
 from speechbrain_lora_experts.attach import WhisperLoRAExperts
 from speechbrain_lora_experts.decoding import detect_language
+from speechbrain_lora_experts.peft_io import save_expert
 from speechbrain_lora_experts.recipe_runner import load_recipe_script
+from speechbrain_lora_experts.shared_adapter import merge_shared_adapter
+from speechbrain_lora_experts.whisper import Whisper
 
 LANGUAGES = ["de", "es"]
 
@@ -77,6 +80,78 @@ def test_lid_routing_follows_the_experts_off_model(sb_whisper):
     index, prompts = _route(brain, mel, labels)
     assert index == [LANGUAGES.index(code) for code in labels]
     assert prompts == labels
+
+
+def _shared_folder(whisper, folder):
+    """A random LoRA on every linear layer, saved as a PEFT adapter."""
+    pool = WhisperLoRAExperts(whisper, expert_names=["all"], rank=4, alpha=8)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in pool.expert_parameters("all"):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return save_expert(pool, "all", folder)
+
+
+def _lid(whisper, mel):
+    with torch.no_grad():
+        return detect_language(whisper, whisper.forward_encoder(mel), LANGUAGES)
+
+
+def test_lid_scale_lets_the_full_shared_adapter_name_the_language(
+    tiny_whisper_dir, tmp_path, monkeypatch
+):
+    torch.manual_seed(0)
+    folder = _shared_folder(
+        Whisper(tiny_whisper_dir, str(tmp_path / "s")), tmp_path / "shared"
+    )
+
+    def soup(name, scale, lid_scale=None):
+        whisper = Whisper(tiny_whisper_dir, str(tmp_path / name)).eval()
+        return merge_shared_adapter(whisper, folder, scale, lid_scale)
+
+    full, half = soup("full", 1.0), soup("half", 0.5)
+    mel = full._get_mel(torch.randn(4, 16000))
+    (by_full, p_full), (_, p_half) = _lid(full, mel), _lid(half, mel)
+    # The two weights give other language probabilities: the option
+    # must matter (the tiny model names de either way).
+    assert (p_full - p_half).abs().max() > 1e-3
+
+    # Spy on the language step the recipe runs.
+    module = load_recipe_script()
+    seen = []
+
+    def spy(*args, **kwargs):
+        codes, probs = detect_language(*args, **kwargs)
+        seen.append(probs)
+        return codes, probs
+
+    monkeypatch.setattr(module.decoding, "detect_language", spy)
+    brain = _brain(soup("lid", 0.5, lid_scale=1.0), "lid", aware=False)
+    labels = ["es"] * len(by_full)
+    index, prompts = _route(brain, mel, labels)
+    assert torch.allclose(seen[-1], p_full, atol=1e-5)
+    assert prompts == list(by_full)
+    assert index == [LANGUAGES.index(code) for code in by_full]
+    # The soup itself is still merged at 0.5 after the language step.
+    assert torch.allclose(_lid(brain.whisper, mel)[1], p_half, atol=1e-5)
+
+    # Without lid_scale the soup names it at its own weight, as before.
+    _route(_brain(soup("old", 0.5), "lid", aware=False), mel, labels)
+    assert torch.allclose(seen[-1], p_half, atol=1e-5)
+
+
+def test_lid_scale_without_lid_routing_is_refused(tiny_whisper_dir, tmp_path):
+    torch.manual_seed(0)
+    folder = _shared_folder(
+        Whisper(tiny_whisper_dir, str(tmp_path / "s")), tmp_path / "shared"
+    )
+    whisper = merge_shared_adapter(
+        Whisper(tiny_whisper_dir, str(tmp_path / "w")), folder, 0.5, 1.0
+    )
+    FusionBrain = load_recipe_script().FusionBrain
+    hparams = dict(whisper=whisper, fusion="oracle", oracle_routing="label")
+    with pytest.raises(ValueError, match="oracle_routing: lid"):
+        FusionBrain(hparams=hparams, run_opts={"device": "cpu"})
 
 
 @pytest.mark.parametrize(

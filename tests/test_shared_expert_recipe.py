@@ -142,6 +142,73 @@ def test_expert_soup_ships_and_loads_the_average(runs, tiny_whisper_dir):
     assert torch.allclose(loaded, expected, atol=1e-6)
 
 
+def test_agnostic_soup_routed_by_the_full_shared_adapter(
+    runs, tiny_whisper_dir, monkeypatch
+):
+    """shared_adapter_lid_scale: recorded at export, used by the interface."""
+    from transformers import WhisperModel
+
+    from speechbrain_lora_experts import decoding
+    from speechbrain_lora_experts.inference import LoRAExpertsASR
+
+    root = runs["pool"].parent
+    out = root / "soup_ml_routed"
+    run_recipe(
+        "fuse.yaml",
+        dict(
+            data_folder=str(root / "corpus" / "common_voice"),
+            whisper_hub=tiny_whisper_dir,
+            whisper_save_folder=str(root / "hub"),
+            output_folder=str(out),
+            languages=["de"],
+            language_aware=False,
+            expert_pool=str(runs["pool"]),
+            fusion="oracle",
+            oracle_routing="lid",
+            lid_source="decoder",
+            shared_adapter=str(runs["shared"]),
+            shared_adapter_scale=0.5,
+            shared_adapter_lid_scale=1.0,
+            expert_scale=0.5,
+            number_of_epochs=0,
+            batch_size=2,
+            encoder_window_s=10.0,
+            valid_search_interval=0,
+        ),
+    )
+    step = json.loads(
+        (out / "model" / "shared_adapter" / "language_step.json").read_text()
+    )
+    # Relative to the shipped copy, which carries the 0.5.
+    assert step == {"lid_scale": 2.0}
+    info = json.loads((out / "model" / "model.json").read_text())
+    assert "shared_adapter/language_step.json" in info["files"]
+
+    asr = LoRAExpertsASR.from_hparams(source=str(out / "model"))
+    base = dict(WhisperModel.from_pretrained(tiny_whisper_dir).named_modules())
+    delta = adapter_delta(read_adapter(runs["shared"]), LAYER)
+    layer = asr.experts.layers[LAYER]
+    soup_weight = layer.base.weight.clone()
+    assert torch.allclose(
+        soup_weight, base[LAYER].weight + 0.5 * delta, atol=1e-6
+    )
+    seen = []
+    detect = decoding.detect_language
+
+    def spy(whisper, *args, **kwargs):
+        seen.append(layer.base.weight.clone())
+        return detect(whisper, *args, **kwargs)
+
+    monkeypatch.setattr(decoding, "detect_language", spy)
+    words, _ = asr.transcribe_batch(torch.zeros(1, 16000))
+    assert len(words) == 1
+    # The language step ran with the full multilingual LoRA, the
+    # transcription with the soup again.
+    assert len(seen) == 1
+    assert torch.allclose(seen[0], base[LAYER].weight + delta, atol=1e-6)
+    assert torch.equal(layer.base.weight, soup_weight)
+
+
 def test_expert_scale_is_refused_without_trained_experts(
     tiny_whisper_dir, tmp_path
 ):

@@ -72,6 +72,7 @@ from speechbrain_lora_experts.frozen_prefix import build_prefix_cache
 from speechbrain_lora_experts.gate import GateTap
 from speechbrain_lora_experts.metrics import MultilingualScorer
 from speechbrain_lora_experts.peft_io import attach_pool
+from speechbrain_lora_experts.shared_adapter import language_step_weights
 
 logger = logging.getLogger(__name__)
 
@@ -674,6 +675,15 @@ class FusionBrain(WhisperExpertsBrain):
                 f"oracle_routing: lid routes fusion: oracle; with fusion: "
                 f"{self.fusion} set oracle_routing: label"
             )
+        lid_scale = getattr(self.whisper, "shared_adapter_lid_scale", None)
+        if lid_scale is not None and (
+            self.fusion != "oracle" or routing != "lid"
+        ):
+            raise ValueError(
+                f"shared_adapter_lid_scale={lid_scale} weighs the shared "
+                "adapter in the step that names the routing language: set "
+                "fusion: oracle and oracle_routing: lid, or leave it null"
+            )
         # Token gates must exist before the optimiser and checkpoint recovery.
         if self.token_level and not self.experts.token_gates:
             self.experts.add_token_gates(
@@ -740,17 +750,27 @@ class FusionBrain(WhisperExpertsBrain):
         """``oracle_routing: lid``: names each utterance's language.
 
         The model with its experts off (Whisper plus any merged shared
-        adapter) encodes the batch and its decoder's language step picks
-        among the target languages; ``set_routing`` and the prompt use it.
+        adapter, weighed ``shared_adapter_lid_scale`` when set) encodes the
+        batch and its decoder's language step picks among the target
+        languages; ``set_routing`` and the prompt use it.
         """
         self._named_languages = None
         if not self.routes_by_lid:
             return
-        with torch.no_grad(), self.experts.scope():
-            enc = self.run_encoder(features)
-            codes, _ = decoding.detect_language(
-                self.whisper, enc, candidates=self.languages
+        swaps = getattr(self.whisper, "shared_lid_weights", None)
+        if swaps and self.prefix_cache is not None:
+            # The cached prefix holds the shared adapter at its merged
+            # weight, not at the language step's.
+            raise ValueError(
+                "shared_adapter_lid_scale needs the whole encoder recomputed "
+                "for the language step: set prefix_cache: False"
             )
+        with torch.no_grad(), self.experts.scope():
+            with language_step_weights(self.whisper):
+                enc = self.run_encoder(features)
+                codes, _ = decoding.detect_language(
+                    self.whisper, enc, candidates=self.languages
+                )
         self._named_languages = list(codes)
 
     def set_routing(self, batch, stage):
