@@ -94,6 +94,28 @@ def test_shared_adapter_left_out_of_plain_models(runs):
     assert "shared_adapter: false" in (model / "hyperparams.yaml").read_text()
 
 
+def _soup(runs, whisper_dir, out, **extra):
+    """fuse.yaml overrides of the German soup: both scales at 0.5."""
+    root = runs["pool"].parent
+    return dict(
+        data_folder=str(root / "corpus" / "common_voice"),
+        whisper_hub=whisper_dir,
+        whisper_save_folder=str(root / "hub"),
+        output_folder=str(out),
+        languages=["de"],
+        expert_pool=str(runs["pool"]),
+        fusion="oracle",
+        shared_adapter=str(runs["shared"]),
+        shared_adapter_scale=0.5,
+        expert_scale=0.5,
+        number_of_epochs=0,
+        batch_size=2,
+        encoder_window_s=10.0,
+        valid_search_interval=0,
+        **extra,
+    )
+
+
 def test_expert_soup_ships_and_loads_the_average(runs, tiny_whisper_dir):
     """fuse.yaml with both scales at 0.5: base + (shared + expert) / 2."""
     from transformers import WhisperModel
@@ -104,25 +126,7 @@ def test_expert_soup_ships_and_loads_the_average(runs, tiny_whisper_dir):
     out = root / "soup"
     shared = read_adapter(runs["shared"])
     expert = read_adapter(runs["pool"] / "de")
-    run_recipe(
-        "fuse.yaml",
-        dict(
-            data_folder=str(root / "corpus" / "common_voice"),
-            whisper_hub=tiny_whisper_dir,
-            whisper_save_folder=str(root / "hub"),
-            output_folder=str(out),
-            languages=["de"],
-            expert_pool=str(runs["pool"]),
-            fusion="oracle",
-            shared_adapter=str(runs["shared"]),
-            shared_adapter_scale=0.5,
-            expert_scale=0.5,
-            number_of_epochs=0,
-            batch_size=2,
-            encoder_window_s=10.0,
-            valid_search_interval=0,
-        ),
-    )
+    run_recipe("fuse.yaml", _soup(runs, tiny_whisper_dir, out))
     shipped = read_adapter(out / "model" / "shared_adapter")
     shipped_expert = read_adapter(out / "model" / "experts" / "de")
     assert shipped.alphas[LAYER] == shared.alphas[LAYER] / 2
@@ -155,25 +159,14 @@ def test_agnostic_soup_routed_by_the_full_shared_adapter(
     out = root / "soup_ml_routed"
     run_recipe(
         "fuse.yaml",
-        dict(
-            data_folder=str(root / "corpus" / "common_voice"),
-            whisper_hub=tiny_whisper_dir,
-            whisper_save_folder=str(root / "hub"),
-            output_folder=str(out),
-            languages=["de"],
+        _soup(
+            runs,
+            tiny_whisper_dir,
+            out,
             language_aware=False,
-            expert_pool=str(runs["pool"]),
-            fusion="oracle",
             oracle_routing="lid",
             lid_source="decoder",
-            shared_adapter=str(runs["shared"]),
-            shared_adapter_scale=0.5,
             shared_adapter_lid_scale=1.0,
-            expert_scale=0.5,
-            number_of_epochs=0,
-            batch_size=2,
-            encoder_window_s=10.0,
-            valid_search_interval=0,
         ),
     )
     step = json.loads(
