@@ -271,6 +271,21 @@ LEAD_SYSTEMS = {
     # its base's LID: how much of the soup's gain the router loses (an
     # upper bound, not deployable). Aware it is expert_soup.
     "expert_soup_label": _soup_system(0.5, 0.5, routing="label"),
+    # Distillation from expert soups: each utterance's teacher is its
+    # language's dev-tuned soup (W + 0.65 dML + 0.5 dE, one pass), the
+    # student starts from the multilingual LoRA of the same scenario. One
+    # LoRA that names the language itself: no router, no second encoder
+    # pass, the decoding cost of the multilingual LoRA.
+    "distill_soup": dict(
+        hparams="distill.yaml",
+        pool="plain",
+        overrides={
+            "student_init": MULTILINGUAL,
+            "multilingual_teacher": MULTILINGUAL,
+            "multilingual_teacher_weight": 0.0,
+            "teacher_soup": "[{},{}]".format(*SOUP_DEV_SCALES),
+        },
+    ),
     # Agnostic, the soups routed by the multilingual LoRA at full weight
     # (shared_adapter_lid_scale 1): the language step of the model the
     # soup halves, not of the half (issue 9's shared model naming the

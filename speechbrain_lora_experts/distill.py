@@ -17,6 +17,11 @@ with every distribution softened by the temperature T (Hinton et al., 2015):
   probability space at temperature T (``mix_teacher_log_probs``): the
   multilingual LoRA has seen every language and smooths what a single
   expert overfits;
+* with ``teacher_soup = (a, b)`` the teacher is instead the *expert soup*
+  ``W + a * dW_multilingual + b * dW_expert`` of the utterance's language
+  (weight space, one pass: ``soup_teacher_mix``), the model
+  ``fuse.yaml``'s expert soup decodes with; the student learns the soups of
+  every language in one LoRA that names the language itself (no router);
 * ``base`` is the frozen Whisper with no adapter routed (with a merged
   ``shared_adapter``: that Whisper + shared adapter), and ``mu``
   (``distill_anchor_weight``, default 0: no anchor, no extra pass) keeps
@@ -95,6 +100,96 @@ def check_distill_options(
     for name, value, text, test in checks:
         if not _is_real(value) or not test(float(value)):
             raise ValueError(f"{name} must be {text}, got {value!r}")
+
+
+def check_teacher_soup(value, has_multilingual_teacher):
+    """Refuses a ``teacher_soup`` that is not two weights >= 0.
+
+    Arguments
+    ---------
+    value : sequence of float or None
+        ``(a, b)``: the multilingual LoRA's and the expert's weight in each
+        teacher; None: no soup (the expert, or the probability mixture).
+    has_multilingual_teacher : bool
+        Whether the pool has the multilingual teacher's slot.
+
+    Returns
+    -------
+    tuple of float or None
+        ``(a, b)``.
+
+    Example
+    -------
+    >>> check_teacher_soup([0.65, 0.5], True)
+    (0.65, 0.5)
+    >>> check_teacher_soup([0.5], True)
+    Traceback (most recent call last):
+    ...
+    ValueError: teacher_soup must be two weights [a, b] >= 0, not both 0 ...
+    >>> check_teacher_soup([0.5, 0.5], False)
+    Traceback (most recent call last):
+    ...
+    ValueError: teacher_soup mixes in the multilingual LoRA: set ...
+    """
+    if value is None:
+        return None
+    try:
+        pair = tuple(value)
+    except TypeError:
+        pair = ()
+    if (
+        len(pair) != 2
+        or not all(_is_real(v) and _non_negative(float(v)) for v in pair)
+        or not any(pair)
+    ):
+        raise ValueError(
+            "teacher_soup must be two weights [a, b] >= 0, not both 0 (the "
+            f"multilingual LoRA's and the expert's), got {value!r}"
+        )
+    if not has_multilingual_teacher:
+        raise ValueError(
+            "teacher_soup mixes in the multilingual LoRA: set "
+            "multilingual_teacher to its adapter folder"
+        )
+    return tuple(float(v) for v in pair)
+
+
+def soup_teacher_mix(lang_ids, n_experts, multilingual_slot, soup):
+    """``[B, N]`` expert weights of each utterance's soup teacher.
+
+    A LoRA's update is linear in its delta, so mixing the multilingual slot
+    at ``a`` with the language's expert at ``b`` runs exactly the merged
+    soup ``W + a * dW_ml + b * dW_expert``.
+
+    Arguments
+    ---------
+    lang_ids : torch.LongTensor
+        ``[B]`` each utterance's expert (its language's slot).
+    n_experts : int
+        Slots in the pool.
+    multilingual_slot : int
+        The multilingual teacher's slot.
+    soup : tuple of float
+        ``(a, b)`` (``check_teacher_soup``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[B, N]`` float weights for ``experts.scope(mix=)``.
+
+    Example
+    -------
+    >>> soup_teacher_mix(torch.tensor([0, 1]), 4, 3, (0.65, 0.5))
+    tensor([[0.5000, 0.0000, 0.0000, 0.6500],
+            [0.0000, 0.5000, 0.0000, 0.6500]])
+    """
+    a, b = soup
+    lang_ids = torch.as_tensor(lang_ids)
+    weights = torch.zeros(lang_ids.shape[0], n_experts, device=lang_ids.device)
+    weights[:, multilingual_slot] = a
+    rows = torch.arange(lang_ids.shape[0], device=lang_ids.device)
+    weights[rows, lang_ids] += b
+    return weights
 
 
 def _is_real(value):

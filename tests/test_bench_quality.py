@@ -259,6 +259,17 @@ def test_systems_reference_other_runs(tmp_path):
             if base["overrides"].get(k) != v and k != "output_folder"
         }
         assert extra == {"shared_adapter_lid_scale": 1.0}
+    # The soup-distilled student: the dev soup teaches, from the ML-LoRA.
+    student = quality.plan_runs(_args(tmp_path, systems="distill_soup"))
+    student = student[("system", "distill_soup", "aware", 1)]
+    assert student["deps"] == soup["deps"]
+    assert student["overrides"]["teacher_soup"] == "[0.65,0.5]"
+    assert student["overrides"]["multilingual_teacher_weight"] == 0.0
+    assert (
+        student["overrides"]["student_init"]
+        == student["overrides"]["multilingual_teacher"]
+        == adapter
+    )
     assert soup["deps"] == {
         ("expert", "plain", "de", 1),
         ("expert", "plain", "it", 1),

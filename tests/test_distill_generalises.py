@@ -680,19 +680,31 @@ def test_anchored_run_trains_the_student_only(tiny_whisper_dir, folders):
     assert run["optimizer_steps"] == 2  # 8 clips, batch 4, 1 epoch
 
 
+@pytest.mark.parametrize(
+    "name, teacher",
+    [
+        ("multilingual", ()),
+        # The expert soups teach instead (one weight-space pass each).
+        (
+            "soup",
+            ("--teacher_soup=[0.65,0.5]", "--multilingual_teacher_weight=0"),
+        ),
+    ],
+)
 def test_multilingual_teacher_run_keeps_the_teacher_and_exports_no_teacher(
-    tiny_whisper_dir, folders, tmp_path
+    tiny_whisper_dir, folders, tmp_path, name, teacher
 ):
     from speechbrain_lora_experts.inference import LoRAExpertsASR
 
     out = run_distill(
         tiny_whisper_dir,
         folders,
-        "multilingual",
+        name,
         f"--multilingual_teacher={folders['multilingual']}",
         f"--student_init={folders['init']}",
         # One checkpoint, the trained one (the start's has its own test).
         "--validate_before_training=False",
+        *teacher,
     )
     extra = [STUDENT, MULTILINGUAL_TEACHER]
     pool = trained_pool(tiny_whisper_dir, folders, out, extra)
@@ -757,3 +769,57 @@ def test_a_student_that_gets_worse_ends_at_its_start(tiny_whisper_dir, folders):
     assert log.count("validating the starting point as epoch 0") == 1
     again = json.loads((out / "dev_curve.json").read_text())
     assert [point["epoch"] for point in again] == [0, 1]
+
+
+def test_soup_teacher_is_the_weight_space_soup_of_its_language(sb_whisper):
+    brain, experts = make_brain(
+        sb_whisper, multilingual_teacher_weight=0.0, teacher_soup=[0.65, 0.5]
+    )
+    batch = make_batch()
+    out = brain.compute_forward(batch, train_stage())
+    assert set(out) == {"logits", "teacher_logits"}
+    assert experts.routing.mode == "off"
+    # Each utterance's soup merged into the weights by hand:
+    # W + 0.65 dW_multilingual + 0.5 dW_language.
+    names = experts.expert_names
+    soups = []
+    for row, lang in enumerate(["de", "es"]):
+        mix = torch.tensor(
+            [
+                {lang: 0.5, MULTILINGUAL_TEACHER: 0.65}.get(name, 0.0)
+                for name in names
+            ]
+        )
+        one = SimpleNamespace(
+            sig=(batch.sig[0][row : row + 1], None),
+            tokens_bos=(batch.tokens_bos[0][row : row + 1], None),
+        )
+        saved = {}
+        with torch.no_grad():
+            for name, layer in experts.layers.items():
+                saved[name] = layer.base.weight.clone()
+                layer.base.weight += layer.delta_weight(weights=mix)
+        try:
+            soups.append(reference_logits(sb_whisper, experts, one))
+        finally:
+            with torch.no_grad():
+                for name, layer in experts.layers.items():
+                    layer.base.weight.copy_(saved[name])
+    torch.testing.assert_close(
+        out["teacher_logits"], torch.cat(soups), atol=1e-4, rtol=1e-4
+    )
+    expert_only = reference_logits(
+        sb_whisper, experts, batch, route=["de", "es"]
+    )
+    assert not torch.allclose(out["teacher_logits"], expert_only, atol=1e-3)
+
+
+def test_the_recipe_refuses_a_soup_teacher_without_multilingual_teacher(
+    tiny_whisper_dir, folders
+):
+    code, log = launch(
+        tiny_whisper_dir, folders, "no_soup", "--teacher_soup=[0.5,0.5]"
+    )
+    assert code != 0
+    assert "teacher_soup mixes in the multilingual LoRA" in log
+    assert os.listdir(folders["root"] / "no_soup") == ["save"]  # the yaml's

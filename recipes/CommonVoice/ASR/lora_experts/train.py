@@ -63,9 +63,11 @@ from speechbrain_lora_experts.distill import (
     MULTILINGUAL_TEACHER,
     STUDENT,
     check_distill_options,
+    check_teacher_soup,
     distillation_loss,
     masked_cross_entropy,
     prepare_distill_pool,
+    soup_teacher_mix,
 )
 from speechbrain_lora_experts.export import export_run
 from speechbrain_lora_experts.frozen_prefix import build_prefix_cache
@@ -252,9 +254,15 @@ class WhisperExpertsBrain(sb.Brain):
         """
 
     def routing_scope(self, route=None):
-        """The experts' routing scope for one forward (a no-op without)."""
+        """The experts' routing scope for one forward (a no-op without).
+
+        ``route``: as ``experts.route`` takes it, or ``[B, N]`` float
+        weights of a mix of experts.
+        """
         if self.experts is None:
             return contextlib.nullcontext()
+        if torch.is_tensor(route) and route.is_floating_point():
+            return self.experts.scope(mix=route)
         return self.experts.scope(route=route)
 
     @property
@@ -893,9 +901,10 @@ class DistillBrain(WhisperExpertsBrain):
         + lambda * T^2 * KL(teacher || student)
         + mu * T^2 * KL(base || student)
 
-    The teacher of an utterance is Whisper + its language's expert, or the
-    mixture ``(1 - beta) * p_expert + beta * p_multilingual`` at
-    temperature T; the base is Whisper with no adapter routed (Whisper +
+    The teacher of an utterance is Whisper + its language's expert (with
+    ``teacher_soup = [a, b]``: the expert soup ``W + a * dW_multilingual +
+    b * dW_expert``, in one pass), or its mixture ``(1 - beta) * p_teacher
+    + beta * p_multilingual`` at temperature T; the base is Whisper with no adapter routed (Whisper +
     the merged ``shared_adapter`` when one is set). Teacher, multilingual
     teacher and base run in eval mode (no dropout) under ``no_grad``, each
     in its own routing scope, and the mode and routing come back also when
@@ -907,7 +916,8 @@ class DistillBrain(WhisperExpertsBrain):
     Hparams: ``distill_weight`` (lambda, in [0, 1]), ``distill_temperature``
     (T), ``distill_anchor_weight`` (mu >= 0, default 0),
     ``multilingual_teacher`` / ``multilingual_teacher_weight`` (beta, in
-    [0, 1], default 0.5), ``student_init`` (read when the pool attaches;
+    [0, 1], default 0.5), ``teacher_soup`` ([a, b] or null; needs
+    ``multilingual_teacher``), ``student_init`` (read when the pool attaches;
     it also turns ``validate_before_training`` on unless that is set). The
     weights are checked when the Brain is made.
 
@@ -930,6 +940,10 @@ class DistillBrain(WhisperExpertsBrain):
                 f"{MULTILINGUAL_TEACHER!r} slot: attach the pool with "
                 "attach_experts()"
             )
+        check_teacher_soup(
+            getattr(self.hparams, "teacher_soup", None),
+            self.multilingual_slot is not None,
+        )
 
     @property
     def student(self):
@@ -943,6 +957,25 @@ class DistillBrain(WhisperExpertsBrain):
         if MULTILINGUAL_TEACHER not in names:
             return None
         return names.index(MULTILINGUAL_TEACHER)
+
+    @property
+    def teacher_soup(self):
+        """``(a, b)``: each teacher is the expert soup (None: the expert)."""
+        value = getattr(self.hparams, "teacher_soup", None)
+        return None if value is None else tuple(float(v) for v in value)
+
+    def teacher_route(self, batch):
+        """Each utterance's teacher: its expert, or its expert soup."""
+        lang_ids = self.lang_ids(batch)
+        soup = self.teacher_soup
+        if soup is None:
+            return lang_ids
+        return soup_teacher_mix(
+            lang_ids,
+            len(self.experts.expert_names),
+            self.multilingual_slot,
+            soup,
+        )
 
     @property
     def anchor_weight(self):
@@ -1033,7 +1066,7 @@ class DistillBrain(WhisperExpertsBrain):
         shares_encoder = not any(
             name.startswith("encoder.") for name in self.experts.layers
         )
-        routes = {"teacher_logits": self.lang_ids(batch)}
+        routes = {"teacher_logits": self.teacher_route(batch)}
         if self.multilingual_weight > 0:
             routes["multilingual_logits"] = self.multilingual_slot
         if self.anchor_weight > 0:
@@ -1282,6 +1315,10 @@ if __name__ == "__main__":
     if hparams["system"] == "distill":
         # Wrong loss weights fail now, not after the data preparation.
         check_distill_options(**distill_options(hparams))
+        check_teacher_soup(
+            hparams.get("teacher_soup"),
+            bool(hparams.get("multilingual_teacher")),
+        )
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
