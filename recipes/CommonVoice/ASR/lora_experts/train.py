@@ -904,8 +904,9 @@ class DistillBrain(WhisperExpertsBrain):
     The teacher of an utterance is Whisper + its language's expert (with
     ``teacher_soup = [a, b]``: the expert soup ``W + a * dW_multilingual +
     b * dW_expert``, in one pass), or its mixture ``(1 - beta) * p_teacher
-    + beta * p_multilingual`` at temperature T; the base is Whisper with no adapter routed (Whisper +
-    the merged ``shared_adapter`` when one is set). Teacher, multilingual
+    + beta * p_multilingual`` at temperature T; the base is Whisper with no
+    adapter routed (Whisper + the merged ``shared_adapter`` when one is
+    set). Teacher, multilingual
     teacher and base run in eval mode (no dropout) under ``no_grad``, each
     in its own routing scope, and the mode and routing come back also when
     a pass raises; when the experts adapt no encoder layer, all passes and
@@ -917,9 +918,9 @@ class DistillBrain(WhisperExpertsBrain):
     (T), ``distill_anchor_weight`` (mu >= 0, default 0),
     ``multilingual_teacher`` / ``multilingual_teacher_weight`` (beta, in
     [0, 1], default 0.5), ``teacher_soup`` ([a, b] or null; needs
-    ``multilingual_teacher``), ``student_init`` (read when the pool attaches;
-    it also turns ``validate_before_training`` on unless that is set). The
-    weights are checked when the Brain is made.
+    ``multilingual_teacher``), ``student_init`` (read when the pool
+    attaches; it also turns ``validate_before_training`` on unless that is
+    set). The weights are checked when the Brain is made.
 
     Arguments
     ---------
