@@ -271,6 +271,9 @@ LEAD_SYSTEMS = {
     # its base's LID: how much of the soup's gain the router loses (an
     # upper bound, not deployable). Aware it is expert_soup.
     "expert_soup_label": _soup_system(0.5, 0.5, routing="label"),
+    "expert_soup_dev_label": _soup_system(
+        SOUP_DEV_SCALES[0], SOUP_DEV_SCALES[1], routing="label"
+    ),
     # Distillation from expert soups: each utterance's teacher is its
     # language's dev-tuned soup (W + 0.65 dML + 0.5 dE, one pass), the
     # student starts from the multilingual LoRA of the same scenario. One

@@ -244,6 +244,14 @@ def test_systems_reference_other_runs(tmp_path):
     label = label[("system", "expert_soup_label", "aware", 1)]["overrides"]
     assert label["oracle_routing"] == "label"
     assert label["shared_adapter_scale"] == label["expert_scale"] == 0.5
+    dev_label = quality.plan_runs(
+        _args(tmp_path, systems="expert_soup_dev_label")
+    )[("system", "expert_soup_dev_label", "aware", 1)]["overrides"]
+    assert dev_label["oracle_routing"] == "label"
+    assert (
+        dev_label["shared_adapter_scale"],
+        dev_label["expert_scale"],
+    ) == quality.SOUP_DEV_SCALES
     assert "shared_adapter_lid_scale" not in soup["overrides"]
     # Routed by the multilingual LoRA at full weight: only that differs.
     for name, base in [
