@@ -79,7 +79,10 @@ from speechbrain_lora_experts.languages import (
     UnknownLanguageError,
     canonical_language,
 )
-from speechbrain_lora_experts.shared_adapter import language_step_weights
+from speechbrain_lora_experts.shared_adapter import (
+    has_language_step_weights,
+    language_step_weights,
+)
 
 # owner/name: what SpeechBrain's fetch would look up on the HF hub.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -1594,7 +1597,7 @@ class LoRAExpertsASR(WhisperASR):
             if (
                 base is not None
                 and not adapts_encoder
-                and not getattr(whisper, "shared_lid_weights", None)
+                and not has_language_step_weights(whisper)
             ):
                 return base
             enc = whisper.forward_encoder(mel)

@@ -255,6 +255,31 @@ def merge_shared_adapter(whisper, adapter=None, scale=1.0, lid_scale=None):
     return whisper
 
 
+def has_language_step_weights(whisper):
+    """Whether ``whisper`` names the language with other shared weights.
+
+    True after ``merge_shared_adapter(..., lid_scale=)`` with a
+    ``lid_scale`` other than ``scale``: then a pass inside
+    ``language_step_weights`` does not compute what the merged model does
+    (its encoder output, a cached prefix).
+
+    Arguments
+    ---------
+    whisper : torch.nn.Module
+        Any Whisper.
+
+    Returns
+    -------
+    bool
+
+    Example
+    -------
+    >>> has_language_step_weights(torch.nn.Module())
+    False
+    """
+    return bool(getattr(whisper, "shared_lid_weights", None))
+
+
 @contextlib.contextmanager
 def language_step_weights(whisper):
     """Within it, the shared adapter weighs ``lid_scale``, not ``scale``.
@@ -301,10 +326,10 @@ def language_step_weights(whisper):
     >>> torch.equal(fc1(soup), before)
     True
     """
-    lid_weights = getattr(whisper, "shared_lid_weights", None)
-    if not lid_weights:
+    if not has_language_step_weights(whisper):
         yield whisper
         return
+    lid_weights = whisper.shared_lid_weights
     modules = dict(whisper_model(whisper).named_modules())
     saved = {}
     try:

@@ -730,16 +730,30 @@ def test_multilingual_teacher_run_keeps_the_teacher_and_exports_no_teacher(
     assert_slot_is(asr.experts, STUDENT, out / "model" / "experts" / STUDENT)
 
 
+@pytest.mark.parametrize(
+    "name, flag, message",
+    [
+        (
+            "bad",
+            "--multilingual_teacher_weight=1.5",
+            "multilingual_teacher_weight (beta) must be in [0, 1]",
+        ),
+        # A soup teacher without the multilingual LoRA it mixes in.
+        (
+            "no_soup",
+            "--teacher_soup=[0.5,0.5]",
+            "teacher_soup mixes in the multilingual LoRA",
+        ),
+    ],
+)
 def test_the_recipe_refuses_bad_weights_before_preparing_data(
-    tiny_whisper_dir, folders
+    tiny_whisper_dir, folders, name, flag, message
 ):
-    code, log = launch(
-        tiny_whisper_dir, folders, "bad", "--multilingual_teacher_weight=1.5"
-    )
+    code, log = launch(tiny_whisper_dir, folders, name, flag)
     assert code != 0
-    assert "multilingual_teacher_weight (beta) must be in [0, 1]" in log
+    assert message in log
     # Refused before the experiment folder and the data preparation.
-    assert os.listdir(folders["root"] / "bad") == ["save"]  # the yaml's
+    assert os.listdir(folders["root"] / name) == ["save"]  # the yaml's
 
 
 def test_a_student_that_gets_worse_ends_at_its_start(tiny_whisper_dir, folders):
@@ -812,14 +826,3 @@ def test_soup_teacher_is_the_weight_space_soup_of_its_language(sb_whisper):
         sb_whisper, experts, batch, route=["de", "es"]
     )
     assert not torch.allclose(out["teacher_logits"], expert_only, atol=1e-3)
-
-
-def test_the_recipe_refuses_a_soup_teacher_without_multilingual_teacher(
-    tiny_whisper_dir, folders
-):
-    code, log = launch(
-        tiny_whisper_dir, folders, "no_soup", "--teacher_soup=[0.5,0.5]"
-    )
-    assert code != 0
-    assert "teacher_soup mixes in the multilingual LoRA" in log
-    assert os.listdir(folders["root"] / "no_soup") == ["save"]  # the yaml's

@@ -74,7 +74,10 @@ from speechbrain_lora_experts.frozen_prefix import build_prefix_cache
 from speechbrain_lora_experts.gate import GateTap
 from speechbrain_lora_experts.metrics import MultilingualScorer
 from speechbrain_lora_experts.peft_io import attach_pool
-from speechbrain_lora_experts.shared_adapter import language_step_weights
+from speechbrain_lora_experts.shared_adapter import (
+    has_language_step_weights,
+    language_step_weights,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -765,8 +768,10 @@ class FusionBrain(WhisperExpertsBrain):
         self._named_languages = None
         if not self.routes_by_lid:
             return
-        swaps = getattr(self.whisper, "shared_lid_weights", None)
-        if swaps and self.prefix_cache is not None:
+        if (
+            has_language_step_weights(self.whisper)
+            and self.prefix_cache is not None
+        ):
             # The cached prefix holds the shared adapter at its merged
             # weight, not at the language step's.
             raise ValueError(
@@ -906,13 +911,12 @@ class DistillBrain(WhisperExpertsBrain):
     b * dW_expert``, in one pass), or its mixture ``(1 - beta) * p_teacher
     + beta * p_multilingual`` at temperature T; the base is Whisper with no
     adapter routed (Whisper + the merged ``shared_adapter`` when one is
-    set). Teacher, multilingual
-    teacher and base run in eval mode (no dropout) under ``no_grad``, each
-    in its own routing scope, and the mode and routing come back also when
-    a pass raises; when the experts adapt no encoder layer, all passes and
-    the student share one encoder pass. The base runs only when mu > 0, the
-    multilingual teacher only when beta > 0. Evaluation scores the student
-    with plain CE.
+    set). Teacher, multilingual teacher and base run in eval mode (no
+    dropout) under ``no_grad``, each in its own routing scope, and the mode
+    and routing come back also when a pass raises; when the experts adapt
+    no encoder layer, all passes and the student share one encoder pass. The
+    base runs only when mu > 0, the multilingual teacher only when beta > 0.
+    Evaluation scores the student with plain CE.
 
     Hparams: ``distill_weight`` (lambda, in [0, 1]), ``distill_temperature``
     (T), ``distill_anchor_weight`` (mu >= 0, default 0),
