@@ -177,11 +177,14 @@ LEAD_POOLS = {
 }
 
 
-def _soup_system(shared_scale, expert_scale, routing="lid", lid_scale=None):
+def _soup_system(
+    shared_scale, expert_scale, routing="lid", lid_scale=None, rescore=1
+):
     """An expert soup: ``W + shared_scale * dML + expert_scale * dE``.
 
     ``lid_scale``: the multilingual LoRA's weight in the agnostic language
-    step that routes (None: ``shared_scale``, the soup's own base).
+    step that routes (None: ``shared_scale``, the soup's own base);
+    ``rescore``: ``lid_rescore_top_k``.
     """
     overrides = {
         "fusion": "oracle",
@@ -193,6 +196,8 @@ def _soup_system(shared_scale, expert_scale, routing="lid", lid_scale=None):
     }
     if lid_scale is not None:
         overrides["shared_adapter_lid_scale"] = lid_scale
+    if rescore > 1:
+        overrides["lid_rescore_top_k"] = rescore
     return dict(
         hparams="fuse.yaml", pool="plain", train=False, overrides=overrides
     )
@@ -297,6 +302,12 @@ LEAD_SYSTEMS = {
     "expert_soup_ml_routed": _soup_system(0.5, 0.5, lid_scale=1.0),
     "expert_soup_dev_ml_routed": _soup_system(
         SOUP_DEV_SCALES[0], SOUP_DEV_SCALES[1], lid_scale=1.0
+    ),
+    # ... and the soups of the multilingual LoRA's two likeliest languages
+    # each transcribe; the likelier (language, transcript) pair is kept
+    # (two encoder passes and decodings per utterance instead of one).
+    "expert_soup_dev_rescored": _soup_system(
+        SOUP_DEV_SCALES[0], SOUP_DEV_SCALES[1], lid_scale=1.0, rescore=2
     ),
 }
 POOLS.update(LEAD_POOLS)

@@ -267,6 +267,16 @@ def test_systems_reference_other_runs(tmp_path):
             if base["overrides"].get(k) != v and k != "output_folder"
         }
         assert extra == {"shared_adapter_lid_scale": 1.0}
+    # Rescoring the two likeliest languages: one more option than that.
+    rescored = quality.plan_runs(
+        _args(tmp_path, systems="expert_soup_dev_rescored")
+    )[("system", "expert_soup_dev_rescored", "aware", 1)]
+    extra = {
+        k: v
+        for k, v in rescored["overrides"].items()
+        if tuned["overrides"].get(k) != v and k != "output_folder"
+    }
+    assert extra == {"shared_adapter_lid_scale": 1.0, "lid_rescore_top_k": 2}
     # The soup-distilled student: the dev soup teaches, from the ML-LoRA.
     student = quality.plan_runs(_args(tmp_path, systems="distill_soup"))
     student = student[("system", "distill_soup", "aware", 1)]

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from speechbrain_lora_experts.attach import WhisperLoRAExperts
-from speechbrain_lora_experts.decoding import detect_language
+from speechbrain_lora_experts.decoding import (
+    decode_text,
+    detect_language,
+    greedy_decode,
+    max_tokens_for,
+    prompt_tokens,
+    score_tokens,
+)
 from speechbrain_lora_experts.peft_io import save_expert
 from speechbrain_lora_experts.recipe_runner import load_recipe_script
 from speechbrain_lora_experts.shared_adapter import merge_shared_adapter
@@ -164,5 +171,82 @@ def test_lid_scale_without_lid_routing_is_refused(tiny_whisper_dir, tmp_path):
 def test_oracle_routing_is_checked(sb_whisper, fusion, routing, message):
     FusionBrain = load_recipe_script().FusionBrain
     hparams = dict(fusion=fusion, oracle_routing=routing)
+    with pytest.raises(ValueError, match=message):
+        FusionBrain(hparams=hparams, run_opts={"device": "cpu"})
+
+
+def _transcribe(whisper, experts, mel, index, languages):
+    """Tokens and their log-probability with ``index`` routed, by hand."""
+    with torch.no_grad(), experts.scope(route=torch.tensor(index)):
+        enc = whisper.forward_encoder(mel)
+        prompts = prompt_tokens(whisper, languages)
+        limits = max_tokens_for(torch.ones(len(index)))
+        tokens = greedy_decode(whisper, enc, prompts, limits)
+        total, _ = score_tokens(whisper, enc, prompts, tokens)
+    return tokens, total
+
+
+def test_rescoring_keeps_the_likeliest_language_and_transcript(
+    sb_whisper, monkeypatch
+):
+    torch.manual_seed(0)
+    mel = sb_whisper._get_mel(torch.randn(6, 16000))
+    # A language step that hesitates (55/45, 60/40), so that the
+    # transcripts' own probabilities decide some utterances.
+    lid = torch.tensor([[0.45, 0.55], [0.6, 0.4]]).repeat(3, 1)
+    module = load_recipe_script()
+    monkeypatch.setattr(
+        module.decoding,
+        "detect_language",
+        lambda *a, **k: ([LANGUAGES[i] for i in lid.argmax(-1)], lid),
+    )
+    brain = _brain(sb_whisper, "lid", aware=False)
+    brain.hparams.lid_rescore_top_k = 2
+    brain.rescored = {"changed": 0, "utterances": 0}
+    batch = SimpleNamespace(
+        lang_id=[0] * 6, lang=["de"] * 6, duration=[1.0] * 6
+    )
+    brain.before_routing(batch, mel)
+    with torch.no_grad(), brain.routing_scope():
+        brain.set_routing(batch, None)
+        out = brain.decode(batch, brain.run_encoder(mel))
+    assert brain.experts.routing.mode == "off"
+
+    # Each language's expert and prompt for every utterance, by hand.
+    experts = brain.experts
+    by_language = [
+        _transcribe(sb_whisper, experts, mel, [i] * 6, [code] * 6)
+        for i, code in enumerate(LANGUAGES)
+    ]
+    joint = lid.log() + torch.stack([total for _, total in by_language], 1)
+    best = joint.argmax(-1).tolist()
+    assert out["pred_langs"] == [LANGUAGES[i] for i in best]
+    tokens = [by_language[i][0][row] for row, i in enumerate(best)]
+    assert out["hyps"] == decode_text(sb_whisper, tokens)
+    changed = sum(b != f for b, f in zip(best, lid.argmax(-1).tolist()))
+    assert brain.rescored == {"changed": changed, "utterances": 6}
+    # The case is live: the transcripts overrule the language step on
+    # some utterances and not on others.
+    assert 0 < changed < 6
+
+
+@pytest.mark.parametrize(
+    "routing, top_k, message",
+    [
+        ("label", 2, "oracle_routing: lid"),
+        ("lid", 3, "the pool has 2 languages"),
+        ("lid", 0, "choose 1 to 2"),
+        ("lid", "2", "must be an integer"),
+    ],
+)
+def test_lid_rescoring_is_checked(sb_whisper, routing, top_k, message):
+    FusionBrain = load_recipe_script().FusionBrain
+    hparams = dict(
+        whisper=sb_whisper,
+        fusion="oracle",
+        oracle_routing=routing,
+        languages=LANGUAGES,
+        lid_rescore_top_k=top_k,
+    )
     with pytest.raises(ValueError, match=message):
         FusionBrain(hparams=hparams, run_opts={"device": "cpu"})

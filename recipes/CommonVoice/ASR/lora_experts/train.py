@@ -72,6 +72,10 @@ from speechbrain_lora_experts.distill import (
 from speechbrain_lora_experts.export import export_run
 from speechbrain_lora_experts.frozen_prefix import build_prefix_cache
 from speechbrain_lora_experts.gate import GateTap
+from speechbrain_lora_experts.language_rescoring import (
+    check_top_k,
+    rescore_languages,
+)
 from speechbrain_lora_experts.metrics import MultilingualScorer
 from speechbrain_lora_experts.peft_io import attach_pool
 from speechbrain_lora_experts.shared_adapter import (
@@ -379,27 +383,30 @@ class WhisperExpertsBrain(sb.Brain):
     def decode(self, batch, enc):
         """Greedy or beam decoding with one language prompt per utterance."""
         languages = self.predicted_languages(batch, enc)
+        tokens = self.decode_tokens(batch, enc, languages)
+        return {
+            "hyps": decoding.decode_text(self.whisper, tokens),
+            "pred_langs": languages,
+        }
+
+    def decode_tokens(self, batch, enc, languages):
+        """Text tokens per utterance, prompted with ``languages``."""
         prompts = decoding.prompt_tokens(self.whisper, languages)
         durations = torch.as_tensor(
             [float(d) for d in batch.duration], device=enc.device
         )
         limits = decoding.max_tokens_for(durations)
         if getattr(self.hparams, "decoding", "greedy") == "beam":
-            tokens = decoding.beam_decode(
+            return decoding.beam_decode(
                 self.whisper,
                 enc,
                 prompts.to(enc.device),
                 self.hparams.beam_size,
                 limits,
             )
-        else:
-            tokens = decoding.greedy_decode(
-                self.whisper, enc, prompts.to(enc.device), limits
-            )
-        return {
-            "hyps": decoding.decode_text(self.whisper, tokens),
-            "pred_langs": languages,
-        }
+        return decoding.greedy_decode(
+            self.whisper, enc, prompts.to(enc.device), limits
+        )
 
     # Loss -------------------------------------------------------------------
     def loss_mask(self, batch):
@@ -665,13 +672,16 @@ class FusionBrain(WhisperExpertsBrain):
       experts off (Whisper plus any shared adapter), which also prompts
       the decoder: what the pretrained interface does with no language
       given, at the cost of a second encoder pass. Aware, both route by
-      the given language;
+      the given language. ``lid_rescore_top_k: k`` (agnostic, ``lid``)
+      transcribes with the k likeliest languages' experts and keeps the
+      most probable (language, transcript) pair
+      (``language_rescoring``): k encoder passes and decodings;
     * ``linear`` / ``ties``: a static, training-free merge of all experts
       into the weights (``ties_density``).
 
     Hparams: ``gate``, ``gate_level``, ``lid_loss_weight``, ``lid_source``
     (gate/decoder, agnostic scenario), ``fusion``, ``oracle_routing``
-    (label/lid), ``ties_density``.
+    (label/lid), ``lid_rescore_top_k``, ``ties_density``.
     """
 
     def __init__(self, *args, **kwargs):
@@ -695,6 +705,15 @@ class FusionBrain(WhisperExpertsBrain):
                 "adapter in the step that names the routing language: set "
                 "fusion: oracle and oracle_routing: lid, or leave it null"
             )
+        top_k = self.lid_rescore_top_k
+        if top_k != 1:
+            check_top_k(top_k, self.languages)
+        if top_k != 1 and (self.fusion != "oracle" or routing != "lid"):
+            raise ValueError(
+                f"lid_rescore_top_k={top_k} rescores the languages that "
+                "route fusion: oracle with oracle_routing: lid; set those, "
+                "or lid_rescore_top_k: 1"
+            )
         # Token gates must exist before the optimiser and checkpoint recovery.
         if self.token_level and not self.experts.token_gates:
             self.experts.add_token_gates(
@@ -710,6 +729,11 @@ class FusionBrain(WhisperExpertsBrain):
     def oracle_routing(self):
         """What routes ``fusion: oracle`` (``label`` or ``lid``)."""
         return getattr(self.hparams, "oracle_routing", "label")
+
+    @property
+    def lid_rescore_top_k(self):
+        """Languages transcribed per utterance when routing by LID."""
+        return getattr(self.hparams, "lid_rescore_top_k", 1)
 
     @property
     def routes_by_lid(self):
@@ -765,7 +789,7 @@ class FusionBrain(WhisperExpertsBrain):
         batch and its decoder's language step picks among the target
         languages; ``set_routing`` and the prompt use it.
         """
-        self._named_languages = None
+        self._named_languages = self._language_probs = None
         if not self.routes_by_lid:
             return
         if (
@@ -781,10 +805,12 @@ class FusionBrain(WhisperExpertsBrain):
         with torch.no_grad(), self.experts.scope():
             with language_step_weights(self.whisper):
                 enc = self.run_encoder(features)
-                codes, _ = decoding.detect_language(
+                codes, probs = decoding.detect_language(
                     self.whisper, enc, candidates=self.languages
                 )
         self._named_languages = list(codes)
+        if self.lid_rescore_top_k > 1:
+            self._language_probs, self._lid_features = probs, features
 
     def set_routing(self, batch, stage):
         """Gate (utterance or token), oracle routing, or nothing (merged)."""
@@ -848,6 +874,49 @@ class FusionBrain(WhisperExpertsBrain):
         best = self._tap.logits.argmax(dim=-1).tolist()
         return [self.languages[i] for i in best]
 
+    def decode(self, batch, enc):
+        """With ``lid_rescore_top_k`` > 1, the best of the likeliest languages.
+
+        ``enc`` is the encoding routed by the language step's first
+        language; each other candidate is routed, encoded and decoded in its
+        own scope, and every transcript is scored under the routing that
+        wrote it.
+        """
+        if getattr(self, "_language_probs", None) is None:
+            return super().decode(batch, enc)
+
+        def transcribe(index, codes, score):
+            with contextlib.ExitStack() as stack:
+                encoded = enc
+                if codes != self._named_languages:
+                    stack.enter_context(
+                        self.experts.scope(route=index.to(self.device))
+                    )
+                    encoded = self.run_encoder(self._lid_features)
+                tokens = self.decode_tokens(batch, encoded, codes)
+                if not score:
+                    return tokens, None
+                prompts = decoding.prompt_tokens(
+                    self.whisper, codes, device=encoded.device
+                )
+                total, _ = decoding.score_tokens(
+                    self.whisper, encoded, prompts, tokens
+                )
+                return tokens, total
+
+        index, tokens, changed = rescore_languages(
+            self._language_probs,
+            self.languages,
+            self.lid_rescore_top_k,
+            transcribe,
+        )
+        self.rescored["changed"] += changed
+        self.rescored["utterances"] += len(tokens)
+        return {
+            "hyps": decoding.decode_text(self.whisper, tokens),
+            "pred_langs": [self.languages[i] for i in index.tolist()],
+        }
+
     def extra_loss(self, predictions, batch, stage):
         """Auxiliary language-identification loss (agnostic gates only).
 
@@ -866,6 +935,20 @@ class FusionBrain(WhisperExpertsBrain):
         """Collects gate weights per true language for the report."""
         super().on_stage_start(stage, epoch)
         self.gate_sums = {}
+        self.rescored = {"changed": 0, "utterances": 0}
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Logs how often rescoring overruled the language step."""
+        if self.rescored["utterances"]:
+            logger.info(
+                "%s: lid_rescore_top_k=%d: %d of %d utterances took another "
+                "language than the language step's first",
+                stage.name.lower(),
+                self.lid_rescore_top_k,
+                self.rescored["changed"],
+                self.rescored["utterances"],
+            )
+        super().on_stage_end(stage, stage_loss, epoch)
 
     def compute_objectives(self, predictions, batch, stage):
         """Also accumulates mean gate weights per language."""
