@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 
+from speechbrain_lora_experts.language_rescoring import check_top_k
 from speechbrain_lora_experts.languages import canonical_language
 from speechbrain_lora_experts.peft_io import save_expert
 from speechbrain_lora_experts.shared_adapter import (
@@ -101,6 +102,7 @@ def export_model(
     shared_adapter=None,
     shared_adapter_scale=1.0,
     shared_adapter_lid_scale=None,
+    lid_rescore_top_k=1,
 ):
     """Writes a model folder that ``LoRAExpertsASR.from_hparams`` loads.
 
@@ -160,6 +162,10 @@ def export_model(
         Its multiplier in the step that names the language (an agnostic
         soup routed by the full multilingual LoRA); shipped beside the
         copy, relative to it, in ``language_step.json``.
+    lid_rescore_top_k : int
+        ``fuse`` with ``oracle`` fusion: languages the interface transcribes
+        per utterance when it names the language (the most probable
+        language and transcript pair is kept; see ``language_rescoring``).
 
     Returns
     -------
@@ -258,6 +264,10 @@ def export_model(
             files.append(_save_gates(folder, info, experts, gate))
         elif fusion == "ties":
             info["ties_density"] = float(ties_density)
+        elif fusion == "oracle" and lid_rescore_top_k != 1:
+            info["lid_rescore_top_k"] = check_top_k(
+                lid_rescore_top_k, languages
+            )
     if shared_adapter is not None:
         # Residual experts only make sense on the base they were trained
         # on: the shared LoRA travels with them and is merged at load.
@@ -572,6 +582,9 @@ def hyperparams_values(info):
     if info["system"] == "fuse" and fusion != "gate":
         values["fusion"] = json.dumps(fusion)
         values["ties_density"] = json.dumps(info.get("ties_density", 0.2))
+        values["lid_rescore_top_k"] = json.dumps(
+            info.get("lid_rescore_top_k", 1)
+        )
     elif info["system"] == "fuse":
         gate = info["gate"]
         values["gate_temperature"] = json.dumps(gate["temperature"])
@@ -863,4 +876,5 @@ def export_run(brain):
         shared_adapter=shared,
         shared_adapter_scale=shared_scale,
         shared_adapter_lid_scale=lid_scale,
+        lid_rescore_top_k=getattr(hparams, "lid_rescore_top_k", 1),
     )

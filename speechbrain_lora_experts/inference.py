@@ -75,6 +75,7 @@ from speechbrain_lora_experts.export import (
     TOKEN_GATE_WEIGHTS,
     WHISPER_DIR,
 )
+from speechbrain_lora_experts.language_rescoring import rescore_languages
 from speechbrain_lora_experts.languages import (
     UnknownLanguageError,
     canonical_language,
@@ -1527,15 +1528,10 @@ class LoRAExpertsASR(WhisperASR):
             stack.enter_context(self._autocast())
             mel = self.whisper._get_mel(wavs)
             out = self._encode(mel, valid, given, stack)
-            if decode:
-                prompts = decoding.prompt_tokens(
-                    self.whisper, out.languages, device=mel.device
-                )
-                if previous:
-                    head = [self.whisper.bos_prev] + list(previous)
-                    head = torch.tensor(head, device=mel.device)
-                    head = head.expand(prompts.shape[0], -1)
-                    prompts = torch.cat([head, prompts], dim=1)
+            if decode and self._rescores(out):
+                self._rescore(mel, out, durations, beam_size, previous)
+            elif decode:
+                prompts = self._prompts(out.languages, previous, mel.device)
                 out.tokens = self._decode(
                     out.encoder_out, prompts, durations, beam_size
                 )
@@ -1546,6 +1542,73 @@ class LoRAExpertsASR(WhisperASR):
                         )
                     )
         return out
+
+    def _prompts(self, languages, previous, device):
+        """Decoder prompts, after the previous text's tokens if any."""
+        prompts = decoding.prompt_tokens(self.whisper, languages, device=device)
+        if previous:
+            head = [self.whisper.bos_prev] + list(previous)
+            head = torch.tensor(head, device=device)
+            head = head.expand(prompts.shape[0], -1)
+            prompts = torch.cat([head, prompts], dim=1)
+        return prompts
+
+    def _rescores(self, out):
+        """Whether the named languages' experts each transcribe (pool)."""
+        top_k = getattr(self.hparams, "lid_rescore_top_k", 1)
+        return (
+            top_k > 1
+            and self._mode == "pool"
+            and self._merged_language is None
+            and out.detected
+            and out.language_probs is not None
+        )
+
+    def _experts_adapt_encoder(self):
+        return any(name.startswith("encoder.") for name in self.experts.layers)
+
+    def _rescore(self, mel, out, durations, beam_size, previous):
+        """``lid_rescore_top_k``: the best (language, transcript) pair.
+
+        ``out`` was routed (and encoded) for the named languages; each
+        other candidate is routed (and, when experts adapt the encoder,
+        encoded) in its own scope. Sets the languages, tokens and their
+        scores of ``out``.
+        """
+        scores = []
+        encodes = self._experts_adapt_encoder()
+
+        def transcribe(index, codes, score):
+            with contextlib.ExitStack() as scope:
+                enc = out.encoder_out
+                if codes != out.languages:
+                    route = [self._expert_of[code] for code in codes]
+                    scope.enter_context(
+                        self.experts.scope(route=torch.tensor(route))
+                    )
+                    if encodes:
+                        enc = self.whisper.forward_encoder(mel)
+                prompts = self._prompts(codes, previous, mel.device)
+                tokens = self._decode(enc, prompts, durations, beam_size)
+                total, speechless = decoding.score_tokens(
+                    self.whisper, enc, prompts, tokens
+                )
+            scores.append((total, speechless))
+            return tokens, total
+
+        # Only ever in pool mode, so the experts are the languages.
+        index, out.tokens, rank = rescore_languages(
+            out.language_probs,
+            self.languages,
+            self.hparams.lid_rescore_top_k,
+            transcribe,
+        )
+        out.languages = [self.languages[i] for i in index.tolist()]
+        pick = rank.to(mel.device)[:, None]
+        out.sum_logprobs, out.no_speech_probs = (
+            torch.stack(column, 1).gather(1, pick).squeeze(1)
+            for column in zip(*scores)
+        )
 
     def _named(self, enc, languages):
         """``_Pass`` of ``enc``; the decoder names missing languages."""
@@ -1589,14 +1652,11 @@ class LoRAExpertsASR(WhisperASR):
                     )
                 )
             )
-            adapts_encoder = any(
-                name.startswith("encoder.") for name in experts.layers
-            )
             # The base pass's encoder output serves decoder-only experts,
             # unless it ran with the shared adapter re-weighed.
             if (
                 base is not None
-                and not adapts_encoder
+                and not self._experts_adapt_encoder()
                 and not has_language_step_weights(whisper)
             ):
                 return base

@@ -121,8 +121,9 @@ def rescore_languages(language_probs, languages, top_k, transcribe):
         ``[B]`` chosen language per utterance (into ``languages``).
     tokens : list of list of int
         The chosen transcripts.
-    changed : int
-        Utterances whose language is not the language step's first.
+    rank : torch.LongTensor
+        ``[B]`` the chosen language's rank in the language step (0: its
+        first choice).
 
     Example
     -------
@@ -147,14 +148,10 @@ def rescore_languages(language_probs, languages, top_k, transcribe):
     ...     ]
     >>> probs = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7]])
     >>> languages = ["de", "es", "it"]
-    >>> index, tokens, changed = rescore_languages(
-    ...     probs, languages, 1, transcribe
-    ... )
-    >>> index.tolist(), changed  # k = 1: the language step's choice
-    ([0, 2], 0)
-    >>> index, tokens, changed = rescore_languages(
-    ...     probs, languages, 2, transcribe
-    ... )
+    >>> index, tokens, rank = rescore_languages(probs, languages, 1, transcribe)
+    >>> index.tolist(), rank.tolist()  # k = 1: the language step's choice
+    ([0, 2], [0, 0])
+    >>> index, tokens, rank = rescore_languages(probs, languages, 2, transcribe)
     >>> [i in top for i, top in zip(index.tolist(), [[0, 1], [2, 1]])]
     [True, True]
     >>> shutil.rmtree(tmp)
@@ -170,9 +167,9 @@ def rescore_languages(language_probs, languages, top_k, transcribe):
         scores.append(total)
     top = top.cpu()
     if k == 1:
-        return top[:, 0], transcripts[0], 0
+        return top[:, 0], transcripts[0], torch.zeros_like(top[:, 0])
     lid = language_probs.gather(1, top.to(language_probs.device))
     choice = pick(lid.clamp_min(1e-30).log(), torch.stack(scores, 1)).cpu()
     tokens = [transcripts[c][b] for b, c in enumerate(choice.tolist())]
     index = top.gather(1, choice[:, None]).squeeze(1)
-    return index, tokens, int((choice != 0).sum())
+    return index, tokens, choice

@@ -904,13 +904,13 @@ class FusionBrain(WhisperExpertsBrain):
                 )
                 return tokens, total
 
-        index, tokens, changed = rescore_languages(
+        index, tokens, rank = rescore_languages(
             self._language_probs,
             self.languages,
             self.lid_rescore_top_k,
             transcribe,
         )
-        self.rescored["changed"] += changed
+        self.rescored["changed"] += int((rank > 0).sum())
         self.rescored["utterances"] += len(tokens)
         return {
             "hyps": decoding.decode_text(self.whisper, tokens),
