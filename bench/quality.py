@@ -309,6 +309,15 @@ LEAD_SYSTEMS = {
     "expert_soup_dev_rescored": _soup_system(
         SOUP_DEV_SCALES[0], SOUP_DEV_SCALES[1], lid_scale=1.0, rescore=2
     ),
+    # The baseline decoded the same way: the agnostic multilingual LoRA
+    # (loaded as a distillation student, not trained further) with its two
+    # likeliest languages rescored; how much of the soup's gain is routing.
+    "multilingual_lora_rescored": dict(
+        hparams="distill.yaml",
+        pool="plain",
+        train=False,
+        overrides={"student_init": MULTILINGUAL, "lid_rescore_top_k": 2},
+    ),
 }
 POOLS.update(LEAD_POOLS)
 SYSTEMS.update(LEAD_SYSTEMS)

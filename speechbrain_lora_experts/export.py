@@ -163,9 +163,10 @@ def export_model(
         soup routed by the full multilingual LoRA); shipped beside the
         copy, relative to it, in ``language_step.json``.
     lid_rescore_top_k : int
-        ``fuse`` with ``oracle`` fusion: languages the interface transcribes
-        per utterance when it names the language (the most probable
-        language and transcript pair is kept; see ``language_rescoring``).
+        ``multilingual_lora``, ``distill`` and ``fuse`` with ``oracle``
+        fusion: languages the interface transcribes per utterance when it
+        names the language (the most probable language and transcript pair
+        is kept; see ``language_rescoring``).
 
     Returns
     -------
@@ -268,6 +269,8 @@ def export_model(
             info["lid_rescore_top_k"] = check_top_k(
                 lid_rescore_top_k, languages
             )
+    elif system in ("multilingual_lora", "distill") and lid_rescore_top_k != 1:
+        info["lid_rescore_top_k"] = check_top_k(lid_rescore_top_k, languages)
     if shared_adapter is not None:
         # Residual experts only make sense on the base they were trained
         # on: the shared LoRA travels with them and is merged at load.
@@ -579,12 +582,13 @@ def hyperparams_values(info):
         for key in LORA_KEYS:
             values[f"lora_{key}"] = json.dumps(lora[key])
     fusion = info.get("fusion", "gate")
-    if info["system"] == "fuse" and fusion != "gate":
-        values["fusion"] = json.dumps(fusion)
-        values["ties_density"] = json.dumps(info.get("ties_density", 0.2))
+    if template_for(info) == "lora_experts_asr.yaml":
         values["lid_rescore_top_k"] = json.dumps(
             info.get("lid_rescore_top_k", 1)
         )
+    if info["system"] == "fuse" and fusion != "gate":
+        values["fusion"] = json.dumps(fusion)
+        values["ties_density"] = json.dumps(info.get("ties_density", 0.2))
     elif info["system"] == "fuse":
         gate = info["gate"]
         values["gate_temperature"] = json.dumps(gate["temperature"])

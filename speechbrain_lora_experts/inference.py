@@ -1554,11 +1554,11 @@ class LoRAExpertsASR(WhisperASR):
         return prompts
 
     def _rescores(self, out):
-        """Whether the named languages' experts each transcribe (pool)."""
+        """Whether the likeliest named languages each transcribe."""
         top_k = getattr(self.hparams, "lid_rescore_top_k", 1)
         return (
             top_k > 1
-            and self._mode == "pool"
+            and self._mode in ("pool", "single")
             and self._merged_language is None
             and out.detected
             and out.language_probs is not None
@@ -1570,18 +1570,19 @@ class LoRAExpertsASR(WhisperASR):
     def _rescore(self, mel, out, durations, beam_size, previous):
         """``lid_rescore_top_k``: the best (language, transcript) pair.
 
-        ``out`` was routed (and encoded) for the named languages; each
-        other candidate is routed (and, when experts adapt the encoder,
-        encoded) in its own scope. Sets the languages, tokens and their
-        scores of ``out``.
+        ``out`` was routed (and encoded) for the named languages; in a pool
+        each other candidate is routed (and, when experts adapt the
+        encoder, encoded) in its own scope, while one LoRA only changes the
+        prompt. Sets the languages, tokens and their scores of ``out``.
         """
         scores = []
-        encodes = self._experts_adapt_encoder()
+        pool = self._mode == "pool"
+        encodes = pool and self._experts_adapt_encoder()
 
         def transcribe(index, codes, score):
             with contextlib.ExitStack() as scope:
                 enc = out.encoder_out
-                if codes != out.languages:
+                if pool and codes != out.languages:
                     route = [self._expert_of[code] for code in codes]
                     scope.enter_context(
                         self.experts.scope(route=torch.tensor(route))
@@ -1596,7 +1597,6 @@ class LoRAExpertsASR(WhisperASR):
             scores.append((total, speechless))
             return tokens, total
 
-        # Only ever in pool mode, so the experts are the languages.
         index, out.tokens, rank = rescore_languages(
             out.language_probs,
             self.languages,

@@ -277,6 +277,13 @@ def test_systems_reference_other_runs(tmp_path):
         if tuned["overrides"].get(k) != v and k != "output_folder"
     }
     assert extra == {"shared_adapter_lid_scale": 1.0, "lid_rescore_top_k": 2}
+    # The baseline rescored: the multilingual LoRA itself, untrained further.
+    baseline = quality.plan_runs(
+        _args(tmp_path, systems="multilingual_lora_rescored")
+    )[("system", "multilingual_lora_rescored", "aware", 1)]
+    assert baseline["overrides"]["student_init"] == adapter
+    assert baseline["overrides"]["lid_rescore_top_k"] == 2
+    assert baseline["overrides"]["number_of_epochs"] == 0
     # The soup-distilled student: the dev soup teaches, from the ML-LoRA.
     student = quality.plan_runs(_args(tmp_path, systems="distill_soup"))
     student = student[("system", "distill_soup", "aware", 1)]

@@ -1,17 +1,27 @@
-"""``lid_rescore_top_k`` in the pretrained interface (fuse, oracle).
+"""``lid_rescore_top_k``: the likeliest (language, transcript) pair.
 
-The recipe's side is in ``test_oracle_routing``; here the exported model
-is checked against the same choice made by hand on the loaded model.
+Exported models (a fuse oracle pool, one multilingual LoRA) and the
+recipe's one-LoRA Brain, each checked against the same choice made by
+hand; the recipe's oracle pool is in ``test_oracle_routing``.
 """
 
 import json
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
-from interface_fixtures import LANGUAGES, as_batch, export, load, write_clips
+from interface_fixtures import (
+    LANGUAGES,
+    as_batch,
+    attach,
+    export,
+    load,
+    write_clips,
+)
 
 from speechbrain_lora_experts import decoding
+from speechbrain_lora_experts.recipe_runner import load_recipe_script
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +103,92 @@ def test_export_refuses_more_candidates_than_languages(
 ):
     with pytest.raises(ValueError, match="the pool has 2 languages"):
         _oracle(tmp_path_factory, tiny_whisper_dir, 3)
+
+
+def _hesitant(monkeypatch, module, lid):
+    monkeypatch.setattr(
+        module,
+        "detect_language",
+        lambda *a, **k: ([LANGUAGES[i] for i in lid.argmax(-1)], lid),
+    )
+
+
+def test_interface_one_lora_changes_only_the_prompt(
+    clips, tmp_path_factory, tiny_whisper_dir, monkeypatch
+):
+    folder, _ = export(
+        tmp_path_factory,
+        tiny_whisper_dir,
+        "multilingual_lora",
+        "multilingual_rescored",
+        language_aware=False,
+        lid_rescore_top_k=2,
+    )
+    asr = load(folder, tmp_path_factory)
+    wavs, lens = as_batch(clips)
+    lid = torch.tensor([[0.45, 0.55], [0.6, 0.4]])
+    _hesitant(monkeypatch, decoding, lid)
+    results = asr.transcribe_batch_detailed(wavs, lens)
+    # One encoder output (the LoRA routed), each language's prompt.
+    with torch.no_grad(), asr.experts.scope(route=0):
+        enc = asr.whisper.forward_encoder(asr.whisper._get_mel(wavs))
+        seconds = lens * wavs.shape[1] / 16000
+        best, chosen = _each_prompt(asr.whisper, enc, seconds, lid)
+    assert [r.language for r in results] == [LANGUAGES[i] for i in best]
+    assert [r.tokens for r in results] == chosen
+
+
+def _each_prompt(whisper, enc, seconds, lid):
+    """One model, every language's prompt: the joint choice and tokens."""
+    limits = decoding.max_tokens_for(seconds)
+    found, totals = [], []
+    for code in LANGUAGES:
+        prompts = decoding.prompt_tokens(whisper, [code] * len(enc))
+        tokens = decoding.greedy_decode(whisper, enc, prompts, limits)
+        total, _ = decoding.score_tokens(whisper, enc, prompts, tokens)
+        found.append(tokens)
+        totals.append(total)
+    best = (lid.log() + torch.stack(totals, 1)).argmax(-1).tolist()
+    return best, [found[i][row] for row, i in enumerate(best)]
+
+
+def _multilingual_brain(sb_whisper, top_k, aware=False, experts=None):
+    hparams = dict(
+        whisper=sb_whisper,
+        experts=experts,
+        languages=LANGUAGES,
+        language_aware=aware,
+        lid_rescore_top_k=top_k,
+    )
+    Brain = load_recipe_script().MultilingualBrain
+    return Brain(hparams=hparams, run_opts={"device": "cpu"})
+
+
+def test_recipe_one_lora_keeps_the_likeliest_pair(sb_whisper, monkeypatch):
+    torch.manual_seed(0)
+    mel = sb_whisper._get_mel(torch.randn(6, 16000))
+    lid = torch.tensor([[0.45, 0.55], [0.6, 0.4]]).repeat(3, 1)
+    brain = _multilingual_brain(
+        sb_whisper, 2, experts=attach(sb_whisper, ["multilingual"], 0)
+    )
+    _hesitant(monkeypatch, load_recipe_script().decoding, lid)
+    brain.on_stage_start(None)
+    batch = SimpleNamespace(duration=[1.0] * 6)
+    with torch.no_grad(), brain.experts.scope(route=0):
+        enc = brain.whisper.forward_encoder(mel)
+        out = brain.decode(batch, enc)
+        best, chosen = _each_prompt(sb_whisper, enc, torch.ones(6), lid)
+    assert out["pred_langs"] == [LANGUAGES[i] for i in best]
+    assert out["hyps"] == decoding.decode_text(sb_whisper, chosen)
+    changed = sum(b != f for b, f in zip(best, lid.argmax(-1).tolist()))
+    assert brain.rescored == {"changed": changed, "utterances": 6}
+    assert 0 < changed < 6
+
+
+def test_recipe_checks_rescoring(sb_whisper):
+    with pytest.raises(ValueError, match="the pool has 2 languages"):
+        _multilingual_brain(sb_whisper, 3)
+    assert _multilingual_brain(sb_whisper, 2).rescores()
+    # Aware, the given language prompts: nothing to rescore (one yaml
+    # serves both scenarios, as oracle_routing does).
+    assert not _multilingual_brain(sb_whisper, 2, aware=True).rescores()

@@ -246,6 +246,7 @@ def test_lid_rescoring_is_checked(sb_whisper, routing, top_k, message):
         fusion="oracle",
         oracle_routing=routing,
         languages=LANGUAGES,
+        language_aware=False,
         lid_rescore_top_k=top_k,
     )
     with pytest.raises(ValueError, match=message):

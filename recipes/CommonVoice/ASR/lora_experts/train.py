@@ -162,7 +162,11 @@ class WhisperExpertsBrain(sb.Brain):
     ``train_logger``, ``output_folder``; optionally ``lr_annealing`` and
     ``validate_before_training`` (True: the model as it starts is validated
     and checkpointed as epoch 0, so early stopping and the best-checkpoint
-    selection can fall back to it).
+    selection can fall back to it) and ``lid_rescore_top_k`` (when the
+    model names the language, i.e. agnostic: the k languages it names
+    likeliest each transcribe, and the most probable (language, transcript)
+    pair is kept; see ``language_rescoring``. Aware, the given language
+    prompts, whatever k).
 
     Arguments
     ---------
@@ -180,6 +184,17 @@ class WhisperExpertsBrain(sb.Brain):
         self.dev_curve = DevCurve(
             os.path.join(folder, "dev_curve.json") if folder else None
         )
+        if self.lid_rescore_top_k != 1:
+            check_top_k(self.lid_rescore_top_k, self.languages)
+
+    @property
+    def lid_rescore_top_k(self):
+        """Languages transcribed per utterance when the model names it."""
+        return getattr(self.hparams, "lid_rescore_top_k", 1)
+
+    def rescores(self):
+        """Whether decoding rescores the likeliest languages."""
+        return not self.language_aware and self.lid_rescore_top_k > 1
 
     @property
     def validates_start(self):
@@ -382,11 +397,62 @@ class WhisperExpertsBrain(sb.Brain):
 
     def decode(self, batch, enc):
         """Greedy or beam decoding with one language prompt per utterance."""
+        if self.rescores():
+            return self.rescored_decode(batch, enc)
         languages = self.predicted_languages(batch, enc)
         tokens = self.decode_tokens(batch, enc, languages)
         return {
             "hyps": decoding.decode_text(self.whisper, tokens),
             "pred_langs": languages,
+        }
+
+    def language_step(self, batch, enc):
+        """``[B, N]`` probabilities of ``languages`` (agnostic)."""
+        _, probs = decoding.detect_language(
+            self.whisper, enc, candidates=self.languages
+        )
+        return probs
+
+    def candidate_encoder_out(self, enc, index, codes, stack):
+        """The encoder output that transcribes in the candidate ``codes``.
+
+        One model serves every language here: ``enc``. A pool routed by
+        language routes ``index`` inside ``stack`` and encodes again.
+        """
+        return enc
+
+    def rescored_decode(self, batch, enc):
+        """``lid_rescore_top_k``: the most probable (language, transcript).
+
+        Each candidate's transcript is scored under the model that wrote
+        it (``candidate_encoder_out``'s routing).
+        """
+
+        def transcribe(index, codes, score):
+            with contextlib.ExitStack() as stack:
+                encoded = self.candidate_encoder_out(enc, index, codes, stack)
+                tokens = self.decode_tokens(batch, encoded, codes)
+                if not score:
+                    return tokens, None
+                prompts = decoding.prompt_tokens(
+                    self.whisper, codes, device=encoded.device
+                )
+                total, _ = decoding.score_tokens(
+                    self.whisper, encoded, prompts, tokens
+                )
+                return tokens, total
+
+        index, tokens, rank = rescore_languages(
+            self.language_step(batch, enc),
+            self.languages,
+            self.lid_rescore_top_k,
+            transcribe,
+        )
+        self.rescored["changed"] += int((rank > 0).sum())
+        self.rescored["utterances"] += len(tokens)
+        return {
+            "hyps": decoding.decode_text(self.whisper, tokens),
+            "pred_langs": [self.languages[i] for i in index.tolist()],
         }
 
     def decode_tokens(self, batch, enc, languages):
@@ -491,12 +557,22 @@ class WhisperExpertsBrain(sb.Brain):
 
     # Stages -----------------------------------------------------------------
     def on_stage_start(self, stage, epoch=None):
-        """Fresh scorer and window tally per stage."""
+        """Fresh scorer and window and rescoring tallies per stage."""
         self.scorer = MultilingualScorer()
         self._windows = []
+        self.rescored = {"changed": 0, "utterances": 0}
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs, anneals, checkpoints, and writes metrics."""
+        if getattr(self, "rescored", {}).get("utterances"):
+            logger.info(
+                "%s: lid_rescore_top_k=%d: %d of %d utterances took another "
+                "language than the language step's first",
+                stage.name.lower(),
+                self.lid_rescore_top_k,
+                self.rescored["changed"],
+                self.rescored["utterances"],
+            )
         cache = getattr(self, "_prefix_cache", None)
         if cache is not None:
             logger.info(
@@ -706,8 +782,6 @@ class FusionBrain(WhisperExpertsBrain):
                 "fusion: oracle and oracle_routing: lid, or leave it null"
             )
         top_k = self.lid_rescore_top_k
-        if top_k != 1:
-            check_top_k(top_k, self.languages)
         if top_k != 1 and (self.fusion != "oracle" or routing != "lid"):
             raise ValueError(
                 f"lid_rescore_top_k={top_k} rescores the languages that "
@@ -729,11 +803,6 @@ class FusionBrain(WhisperExpertsBrain):
     def oracle_routing(self):
         """What routes ``fusion: oracle`` (``label`` or ``lid``)."""
         return getattr(self.hparams, "oracle_routing", "label")
-
-    @property
-    def lid_rescore_top_k(self):
-        """Languages transcribed per utterance when routing by LID."""
-        return getattr(self.hparams, "lid_rescore_top_k", 1)
 
     @property
     def routes_by_lid(self):
@@ -809,7 +878,7 @@ class FusionBrain(WhisperExpertsBrain):
                     self.whisper, enc, candidates=self.languages
                 )
         self._named_languages = list(codes)
-        if self.lid_rescore_top_k > 1:
+        if self.rescores():
             self._language_probs, self._lid_features = probs, features
 
     def set_routing(self, batch, stage):
@@ -874,48 +943,20 @@ class FusionBrain(WhisperExpertsBrain):
         best = self._tap.logits.argmax(dim=-1).tolist()
         return [self.languages[i] for i in best]
 
-    def decode(self, batch, enc):
-        """With ``lid_rescore_top_k`` > 1, the best of the likeliest languages.
+    def rescores(self):
+        """Only ``oracle_routing: lid`` rescores (agnostic)."""
+        return self.routes_by_lid and self.lid_rescore_top_k > 1
 
-        ``enc`` is the encoding routed by the language step's first
-        language; each other candidate is routed, encoded and decoded in its
-        own scope, and every transcript is scored under the routing that
-        wrote it.
-        """
-        if getattr(self, "_language_probs", None) is None:
-            return super().decode(batch, enc)
+    def language_step(self, batch, enc):
+        """The experts-off step's probabilities (``before_routing``)."""
+        return self._language_probs
 
-        def transcribe(index, codes, score):
-            with contextlib.ExitStack() as stack:
-                encoded = enc
-                if codes != self._named_languages:
-                    stack.enter_context(
-                        self.experts.scope(route=index.to(self.device))
-                    )
-                    encoded = self.run_encoder(self._lid_features)
-                tokens = self.decode_tokens(batch, encoded, codes)
-                if not score:
-                    return tokens, None
-                prompts = decoding.prompt_tokens(
-                    self.whisper, codes, device=encoded.device
-                )
-                total, _ = decoding.score_tokens(
-                    self.whisper, encoded, prompts, tokens
-                )
-                return tokens, total
-
-        index, tokens, rank = rescore_languages(
-            self._language_probs,
-            self.languages,
-            self.lid_rescore_top_k,
-            transcribe,
-        )
-        self.rescored["changed"] += int((rank > 0).sum())
-        self.rescored["utterances"] += len(tokens)
-        return {
-            "hyps": decoding.decode_text(self.whisper, tokens),
-            "pred_langs": [self.languages[i] for i in index.tolist()],
-        }
+    def candidate_encoder_out(self, enc, index, codes, stack):
+        """Routes the candidate languages' experts and encodes again."""
+        if codes == self._named_languages:  # routed so already
+            return enc
+        stack.enter_context(self.experts.scope(route=index.to(self.device)))
+        return self.run_encoder(self._lid_features)
 
     def extra_loss(self, predictions, batch, stage):
         """Auxiliary language-identification loss (agnostic gates only).
@@ -935,20 +976,6 @@ class FusionBrain(WhisperExpertsBrain):
         """Collects gate weights per true language for the report."""
         super().on_stage_start(stage, epoch)
         self.gate_sums = {}
-        self.rescored = {"changed": 0, "utterances": 0}
-
-    def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Logs how often rescoring overruled the language step."""
-        if self.rescored["utterances"]:
-            logger.info(
-                "%s: lid_rescore_top_k=%d: %d of %d utterances took another "
-                "language than the language step's first",
-                stage.name.lower(),
-                self.lid_rescore_top_k,
-                self.rescored["changed"],
-                self.rescored["utterances"],
-            )
-        super().on_stage_end(stage, stage_loss, epoch)
 
     def compute_objectives(self, predictions, batch, stage):
         """Also accumulates mean gate weights per language."""
