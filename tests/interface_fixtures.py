@@ -39,7 +39,7 @@ def randomise(module, seed, std=0.1):
             param.normal_(0, std)
 
 
-def attach(whisper, names, seed):
+def attach(whisper, names, seed, parts=("encoder", "decoder")):
     """A pool of random experts on ``whisper`` (encoder and decoder)."""
     experts = WhisperLoRAExperts(
         whisper,
@@ -47,6 +47,7 @@ def attach(whisper, names, seed):
         rank=4,
         alpha=8,
         targets=["q_proj", "v_proj", "fc1", "fc2"],
+        parts=parts,
     )
     randomise(experts, seed)
     return experts
@@ -62,7 +63,12 @@ def export(tmp_path_factory, hub, system, name, window_s=WINDOW_S, **kwargs):
             "multilingual_lora": ["multilingual"],
             "distill": ["student"],
         }.get(system, LANGUAGES)
-        objects["experts"] = attach(whisper, names, seed=len(name))
+        objects["experts"] = attach(
+            whisper,
+            names,
+            seed=len(name),
+            parts=kwargs.pop("parts", ("encoder", "decoder")),
+        )
     if kwargs.pop("gate", False):
         objects["gate"] = UtteranceGate.for_whisper(
             whisper,

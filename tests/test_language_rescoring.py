@@ -29,7 +29,7 @@ def clips(tmp_path_factory):
     return write_clips(tmp_path_factory.mktemp("clips"))
 
 
-def _oracle(tmp_path_factory, hub, top_k):
+def _oracle(tmp_path_factory, hub, top_k, parts=("encoder", "decoder")):
     folder, _ = export(
         tmp_path_factory,
         hub,
@@ -38,6 +38,7 @@ def _oracle(tmp_path_factory, hub, top_k):
         fusion="oracle",
         language_aware=False,
         lid_rescore_top_k=top_k,
+        parts=parts,
     )
     return folder, load(folder, tmp_path_factory)
 
@@ -62,10 +63,12 @@ def _by_hand(asr, wavs, lens, lid):
     return best, [tokens[i][row] for row, i in enumerate(best)], totals
 
 
+# Decoder-only experts reuse the named languages' encoding.
+@pytest.mark.parametrize("parts", [("encoder", "decoder"), ("decoder",)])
 def test_interface_keeps_the_likeliest_language_and_transcript(
-    clips, tmp_path_factory, tiny_whisper_dir, monkeypatch
+    parts, clips, tmp_path_factory, tiny_whisper_dir, monkeypatch
 ):
-    folder, asr = _oracle(tmp_path_factory, tiny_whisper_dir, 2)
+    folder, asr = _oracle(tmp_path_factory, tiny_whisper_dir, 2, parts)
     with open(os.path.join(folder, "model.json"), encoding="utf-8") as f:
         assert json.load(f)["lid_rescore_top_k"] == 2
     assert asr.hparams.lid_rescore_top_k == 2
