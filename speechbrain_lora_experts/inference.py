@@ -1580,6 +1580,7 @@ class LoRAExpertsASR(WhisperASR):
         encodes = pool and self._experts_adapt_encoder()
 
         def transcribe(index, codes, score):
+            """Tokens and log-probability, routed by the ``codes``."""
             with contextlib.ExitStack() as scope:
                 enc = out.encoder_out
                 if pool and codes != out.languages:

@@ -429,6 +429,7 @@ class WhisperExpertsBrain(sb.Brain):
         """
 
         def transcribe(index, codes, score):
+            """Tokens (and their log-probability) in the ``codes``."""
             with contextlib.ExitStack() as stack:
                 encoded = self.candidate_encoder_out(enc, index, codes, stack)
                 tokens = self.decode_tokens(batch, encoded, codes)
