@@ -305,7 +305,7 @@ LEAD_SYSTEMS = {
     ),
     # ... and the soups of the multilingual LoRA's two likeliest languages
     # each transcribe; the likelier (language, transcript) pair is kept
-    # (two encoder passes and decodings per utterance instead of one).
+    # (beside the language step, two encodings and decodings instead of one).
     "expert_soup_dev_rescored": _soup_system(
         SOUP_DEV_SCALES[0], SOUP_DEV_SCALES[1], lid_scale=1.0, rescore=2
     ),

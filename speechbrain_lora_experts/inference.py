@@ -1565,6 +1565,7 @@ class LoRAExpertsASR(WhisperASR):
         )
 
     def _experts_adapt_encoder(self):
+        """Whether routing the experts changes the encoder output."""
         return any(name.startswith("encoder.") for name in self.experts.layers)
 
     def _rescore(self, mel, out, durations, beam_size, previous):
