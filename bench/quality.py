@@ -294,6 +294,19 @@ LEAD_SYSTEMS = {
             "teacher_soup": "[{},{}]".format(*SOUP_DEV_SCALES),
         },
     ),
+    # ... anchored to the base Whisper (KL(base || student), the
+    # generalist's 0.3), against forgetting speech unlike the training's.
+    "distill_soup_anchor": dict(
+        hparams="distill.yaml",
+        pool="plain",
+        overrides={
+            "student_init": MULTILINGUAL,
+            "multilingual_teacher": MULTILINGUAL,
+            "multilingual_teacher_weight": 0.0,
+            "teacher_soup": "[{},{}]".format(*SOUP_DEV_SCALES),
+            "distill_anchor_weight": 0.3,
+        },
+    ),
     # Agnostic, the soups routed by the multilingual LoRA at full weight
     # (shared_adapter_lid_scale 1): the language step of the model the
     # soup halves, not of the half (issue 9's shared model naming the

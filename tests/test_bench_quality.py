@@ -295,6 +295,14 @@ def test_systems_reference_other_runs(tmp_path):
         == student["overrides"]["multilingual_teacher"]
         == adapter
     )
+    anchored = quality.plan_runs(
+        _args(tmp_path, systems="distill_soup_anchor")
+    )[("system", "distill_soup_anchor", "aware", 1)]["overrides"]
+    assert {
+        k: v
+        for k, v in anchored.items()
+        if student["overrides"].get(k) != v and k != "output_folder"
+    } == {"distill_anchor_weight": 0.3}
     assert soup["deps"] == {
         ("expert", "plain", "de", 1),
         ("expert", "plain", "it", 1),
