@@ -177,6 +177,21 @@ LEAD_POOLS = {
 }
 
 
+def _soup_student(**extra):
+    """The dev soups distilled into one LoRA started from the ML-LoRA.
+
+    ``extra``: more distill.yaml overrides.
+    """
+    overrides = {
+        "student_init": MULTILINGUAL,
+        "multilingual_teacher": MULTILINGUAL,
+        "multilingual_teacher_weight": 0.0,
+        "teacher_soup": "[{},{}]".format(*SOUP_DEV_SCALES),
+        **extra,
+    }
+    return dict(hparams="distill.yaml", pool="plain", overrides=overrides)
+
+
 def _soup_system(
     shared_scale, expert_scale, routing="lid", lid_scale=None, rescore=1
 ):
@@ -284,29 +299,10 @@ LEAD_SYSTEMS = {
     # student starts from the multilingual LoRA of the same scenario. One
     # LoRA that names the language itself: no router, no second encoder
     # pass, the decoding cost of the multilingual LoRA.
-    "distill_soup": dict(
-        hparams="distill.yaml",
-        pool="plain",
-        overrides={
-            "student_init": MULTILINGUAL,
-            "multilingual_teacher": MULTILINGUAL,
-            "multilingual_teacher_weight": 0.0,
-            "teacher_soup": "[{},{}]".format(*SOUP_DEV_SCALES),
-        },
-    ),
+    "distill_soup": _soup_student(),
     # ... anchored to the base Whisper (KL(base || student), the
     # generalist's 0.3), against forgetting speech unlike the training's.
-    "distill_soup_anchor": dict(
-        hparams="distill.yaml",
-        pool="plain",
-        overrides={
-            "student_init": MULTILINGUAL,
-            "multilingual_teacher": MULTILINGUAL,
-            "multilingual_teacher_weight": 0.0,
-            "teacher_soup": "[{},{}]".format(*SOUP_DEV_SCALES),
-            "distill_anchor_weight": 0.3,
-        },
-    ),
+    "distill_soup_anchor": _soup_student(distill_anchor_weight=0.3),
     # Agnostic, the soups routed by the multilingual LoRA at full weight
     # (shared_adapter_lid_scale 1): the language step of the model the
     # soup halves, not of the half (issue 9's shared model naming the

@@ -265,11 +265,12 @@ def export_model(
             files.append(_save_gates(folder, info, experts, gate))
         elif fusion == "ties":
             info["ties_density"] = float(ties_density)
-        elif fusion == "oracle" and lid_rescore_top_k != 1:
-            info["lid_rescore_top_k"] = check_top_k(
-                lid_rescore_top_k, languages
-            )
-    elif system in ("multilingual_lora", "distill") and lid_rescore_top_k != 1:
+    # Models that name the language and transcribe with it: one LoRA, or
+    # a pool routed by it.
+    names_language = system in ("multilingual_lora", "distill") or (
+        system == "fuse" and fusion == "oracle"
+    )
+    if names_language and lid_rescore_top_k != 1:
         info["lid_rescore_top_k"] = check_top_k(lid_rescore_top_k, languages)
     if shared_adapter is not None:
         # Residual experts only make sense on the base they were trained
