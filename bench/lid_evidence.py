@@ -15,8 +15,11 @@ regression, standardised features, L2, L-BFGS) trained on the training
 clips predicts the language of the test clips: an estimate of what a
 trained gate can read there. Beside it, frozen Whisper's own LID (one
 decoder step on the encoder output, restricted to the candidate languages:
-what ``whisper_lid`` adds) on the same clips, and the cost of each source
-for experts that start at layer k.
+what ``whisper_lid`` adds) on the same clips, once over the whole window
+and once with the frozen pass over each batch's audio only (its longest
+clip rounded up to ``--lid_bucket`` seconds: ``UtteranceGate``'s
+``base_pass_bucket_s``), and the cost of each source for experts that
+start at layer k.
 
 Usage::
 
@@ -57,6 +60,12 @@ def parse_args(argv=None):
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--l2", type=float, default=1e-2)
+    parser.add_argument(
+        "--lid_bucket",
+        type=float,
+        default=2.0,
+        help="bucket (s) of Whisper's LID over the audio only",
+    )
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--name", default="lid_evidence")
     args = parser.parse_args(argv)
@@ -71,14 +80,16 @@ def read_rows(path):
 
 
 @torch.no_grad()
-def layer_features(whisper, wavs, durations):
-    """``[n + 1, B, D]`` pooled hidden states entering each layer, and the
-    encoder output ``[B, T, D]``.
+def layer_features(whisper, wavs, durations, bucket_s):
+    """``[n + 1, B, D]`` pooled hidden states entering each layer, the
+    encoder output ``[B, T, D]`` and the encoder output over the audio
+    only ``[B, T', D]`` (T': the longest clip rounded up to ``bucket_s``).
 
     Index k < n: the input of encoder layer k (k = 0: convolutions plus
     positions); index n: the encoder output (after the final norm).
     Frames past a clip's end are left out of the mean.
     """
+    from speechbrain_lora_experts.gate import audio_frames
     from speechbrain_lora_experts.whisper import (
         encoder_front,
         run_encoder_layers,
@@ -96,33 +107,45 @@ def layer_features(whisper, wavs, durations):
     def pooled(states):
         return (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
 
+    keep = audio_frames(hidden.shape[1], valid / hidden.shape[1], bucket_s)
+    cut = encoder.layer_norm(
+        run_encoder_layers(encoder.layers, hidden[:, :keep])
+    )
     pools = []
     for layer in encoder.layers:
         pools.append(pooled(hidden))
         hidden = run_encoder_layers([layer], hidden)
     enc = encoder.layer_norm(hidden)
     pools.append(pooled(enc))
-    return torch.stack(pools), enc
+    return torch.stack(pools), enc, cut
 
 
-def extract(whisper, rows, languages, batch_size):
-    """Pooled features per layer, Whisper's LID and labels of ``rows``."""
+def extract(whisper, rows, languages, batch_size, bucket_s):
+    """Pooled features per layer, Whisper's LID over the whole window and
+    over the audio only, and labels of ``rows``."""
     from speechbrain_lora_experts.data.audio import load_audio
     from speechbrain_lora_experts.decoding import detect_language
 
-    feats, whisper_lid, labels = [], [], []
+    feats, whisper_lid, cut_lid, labels = [], [], [], []
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
         clips = [load_audio(row["wav"]) for row in batch]
         wavs = torch.nn.utils.rnn.pad_sequence(clips, batch_first=True)
-        pools, enc = layer_features(
-            whisper, wavs, [len(c) / 16000 for c in clips]
+        pools, enc, cut = layer_features(
+            whisper, wavs, [len(c) / 16000 for c in clips], bucket_s
         )
         codes, _ = detect_language(whisper, enc, candidates=languages)
-        feats.append(pools)
         whisper_lid += codes
+        codes, _ = detect_language(whisper, cut, candidates=languages)
+        cut_lid += codes
+        feats.append(pools)
         labels += [languages.index(row["lang"]) for row in batch]
-    return torch.cat(feats, dim=1), whisper_lid, torch.tensor(labels)
+    return (
+        torch.cat(feats, dim=1),
+        whisper_lid,
+        cut_lid,
+        torch.tensor(labels),
+    )
 
 
 def fit_probe(x, y, n_classes, l2):
@@ -231,6 +254,13 @@ def write_markdown(path, result):
         + " | ".join(cell(result["whisper_lid"][s]) for s in splits)
         + " | encoder layers ≥ k again + 1 decoder step |"
     )
+    if "whisper_lid_audio" in result:
+        lines.append(
+            f"| Whisper LID over the audio ({result['lid_bucket']:g} s "
+            "buckets) | "
+            + " | ".join(cell(result["whisper_lid_audio"][s]) for s in splits)
+            + " | the same over the batch's longest clip, rounded up |"
+        )
     lines += [
         "",
         f"Command: `{result['command']}`; commit "
@@ -256,26 +286,39 @@ def main(argv=None):
     whisper.requires_grad_(False).eval()
     train = read_rows(os.path.join(args.data, "train.csv"))
     languages = sorted({row["lang"] for row in train})
-    x_train, _, y_train = extract(whisper, train, languages, args.batch_size)
+    x_train, _, _, y_train = extract(
+        whisper, train, languages, args.batch_size, args.lid_bucket
+    )
     tests = {}
     for split in SPLITS:
         path = os.path.join(args.data, f"{split}.csv")
         if os.path.isfile(path):
             tests[split] = extract(
-                whisper, read_rows(path), languages, args.batch_size
+                whisper,
+                read_rows(path),
+                languages,
+                args.batch_size,
+                args.lid_bucket,
             )
     n_layers = len(whisper.model.encoder.layers)
     layers = []
     for k in range(n_layers + 1):
         predict = fit_probe(x_train[k], y_train, len(languages), args.l2)
         row = {"layer": k}
-        for split, (x, _, y) in tests.items():
+        for split, (x, _, _, y) in tests.items():
             row[split] = accuracy(predict(x[k]), y)
         layers.append(row)
-    whisper_lid = {
-        split: accuracy(torch.tensor([languages.index(c) for c in codes]), y)
-        for split, (_, codes, y) in tests.items()
-    }
+
+    def lid_accuracy(position):
+        """Accuracy of the LID codes at ``position`` of each split's tuple."""
+        return {
+            split: accuracy(
+                torch.tensor([languages.index(c) for c in test[position]]),
+                test[3],
+            )
+            for split, test in tests.items()
+        }
+
     names = {
         os.path.abspath(os.path.expanduser(args.whisper)): public_name(
             args.whisper
@@ -294,7 +337,9 @@ def main(argv=None):
         encoder_layers=n_layers,
         train_clips=len(train),
         layers=layers,
-        whisper_lid=whisper_lid,
+        whisper_lid=lid_accuracy(1),
+        whisper_lid_audio=lid_accuracy(2),
+        lid_bucket=args.lid_bucket,
     )
     print(open(save_result(args.out, args.name, result, write_markdown)).read())
     return result

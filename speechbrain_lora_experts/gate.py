@@ -16,12 +16,56 @@ Authors
  * speechbrain-lora-experts developers 2026
 """
 
+import math
+
 import torch
 import torch.nn as nn
 
-from speechbrain_lora_experts.whisper import run_encoder_layers
+from speechbrain_lora_experts.whisper import (
+    FRAMES_PER_SECOND,
+    run_encoder_layers,
+)
 
 GATE_FEATURES = ("whisper_lid", "base_encoder", "first_adapted")
+# Whisper's convolutions halve the mel frame rate.
+ENCODER_FRAMES_PER_SECOND = FRAMES_PER_SECOND // 2
+
+
+def audio_frames(n_frames, valid_fraction, bucket_s):
+    """Encoder frames a pass over the batch's audio only has to keep.
+
+    The longest clip of the batch, rounded up to a multiple of the bucket,
+    at most the window.
+
+    Arguments
+    ---------
+    n_frames : int
+        Encoder frames of the (padded) window.
+    valid_fraction : torch.Tensor
+        ``[B]`` fraction of the window covered by each utterance.
+    bucket_s : float or None
+        Bucket in seconds (50 encoder frames per second); None: the whole
+        window.
+
+    Returns
+    -------
+    int
+        Frames to keep, from the start of the window.
+
+    Example
+    -------
+    >>> audio_frames(1500, torch.tensor([0.1, 0.21]), bucket_s=2.0)
+    400
+    >>> audio_frames(1500, torch.tensor([0.1, 0.21]), bucket_s=None)
+    1500
+    """
+    if bucket_s is None:
+        return n_frames
+    bucket = round(bucket_s * ENCODER_FRAMES_PER_SECOND)
+    longest = float(valid_fraction.max()) * n_frames
+    # The tolerance keeps float noise from adding a whole bucket.
+    buckets = max(1, math.ceil(longest / bucket - 1e-6))
+    return min(n_frames, buckets * bucket)
 
 
 def valid_frame_mask(n_frames, valid_fraction):
@@ -122,6 +166,16 @@ class UtteranceGate(nn.Module):
         on the encoder output 80%; in fusion runs, gates without the prior
         learned too little LID (35-48%) for the agnostic scenario
         (``bench/results/quality_*.md``).
+    base_pass_bucket_s : float, optional
+        The frozen pass that feeds ``whisper_lid`` and ``base_encoder``
+        gates runs over the batch's audio only: its longest clip rounded
+        up to a multiple of this many seconds, instead of the whole
+        encoder window (None). Whisper attends to the whole window, so
+        the evidence changes a little (``bench/results/lid_evidence*.md``
+        measures Whisper's LID both ways); the cost of that pass falls
+        with the share of the window the clips fill. Unused without a
+        pass: ``first_adapted`` gates, and experts that adapt no encoder
+        layer (the encoder output is the base one).
 
     Example
     -------
@@ -148,8 +202,17 @@ class UtteranceGate(nn.Module):
         language_prior=4.0,
         dropout=0.1,
         features="whisper_lid",
+        base_pass_bucket_s=None,
     ):
         super().__init__()
+        if base_pass_bucket_s is not None:
+            frames = base_pass_bucket_s * ENCODER_FRAMES_PER_SECOND
+            if not base_pass_bucket_s > 0 or abs(frames - round(frames)) > 1e-6:
+                raise ValueError(
+                    f"base_pass_bucket_s={base_pass_bucket_s} must be a "
+                    "positive multiple of 0.02 s (one encoder frame); null "
+                    "runs the gate's frozen pass over the whole window"
+                )
         if features not in GATE_FEATURES:
             raise ValueError(
                 f"gate features must be one of {GATE_FEATURES}, got "
@@ -163,6 +226,7 @@ class UtteranceGate(nn.Module):
             )
         self.input_size = input_size
         self.features = features
+        self.base_pass_bucket_s = base_pass_bucket_s
         self.n_experts = n_experts
         self.temperature = temperature
         self.top_k = top_k
@@ -481,7 +545,7 @@ class GateTap:
         self.logits = None
         self.experts.off()
 
-    def _route(self, hidden):
+    def _route(self, hidden, base_pass=False):
         valid_fraction, language = self.valid_fraction, self.language
         if valid_fraction is None:
             raise RuntimeError(
@@ -493,14 +557,16 @@ class GateTap:
                 f"GateTap.prepare() was given {valid_fraction.shape[0]} "
                 f"utterances, the encoder got {hidden.shape[0]}"
             )
+        valid_fraction = valid_fraction.to(hidden.device)
+        if base_pass:
+            hidden, valid_fraction = self._base_encoder_output(
+                hidden, valid_fraction
+            )
         prior = None
         if self.gate.features == "whisper_lid":
             prior = self._lid_prior(hidden)
         self.weights, self.logits = self.gate(
-            hidden,
-            valid_fraction.to(hidden.device),
-            language,
-            lid_prior=prior,
+            hidden, valid_fraction, language, lid_prior=prior
         )
         self.experts.mix(self.weights)
 
@@ -519,23 +585,27 @@ class GateTap:
         if self._base_pass:
             return None
         hidden = args[0] if args else kwargs["hidden_states"]
-        if self.gate.features != "first_adapted":
-            hidden = self._base_encoder_output(hidden)
-        self._route(hidden)
+        self._route(hidden, base_pass=self.gate.features != "first_adapted")
         return None
 
     @torch.no_grad()
-    def _base_encoder_output(self, hidden):
+    def _base_encoder_output(self, hidden, valid_fraction):
+        """The frozen encoder's output and each clip's share of it."""
+        n_frames = hidden.shape[1]
+        keep = audio_frames(
+            n_frames, valid_fraction, self.gate.base_pass_bucket_s
+        )
         # prepare() switched the experts off: these are the frozen layers.
         # The tapped layer runs again here; its hook must not re-enter.
         self._base_pass = True
         try:
             hidden = run_encoder_layers(
-                self.encoder.layers[self.layer :], hidden
+                self.encoder.layers[self.layer :], hidden[:, :keep]
             )
         finally:
             self._base_pass = False
-        return self.encoder.layer_norm(hidden)
+        share = (valid_fraction * (n_frames / keep)).clamp(max=1.0)
+        return self.encoder.layer_norm(hidden), share
 
     def _after_encoder(self, module, args, output):
         self._route(output.last_hidden_state)
