@@ -94,8 +94,11 @@ TARGETS = ("q_proj", "v_proj", "fc1", "fc2")
 EXPERT_LANGUAGES = ("de", "es", "fr", "it", "ru", "pt", "nl", "pl")
 FUSED_GOAL = 1.10
 # The recipes' and the interface's default gate (fuse.yaml: dense,
-# gate_features: whisper_lid).
-DEFAULT_GATE_LABEL = "dense gate with Whisper LID"
+# gate_features: whisper_lid, gate_base_pass_bucket_s: 2.0).
+DEFAULT_GATE_LABEL = "dense gate with Whisper LID over the audio"
+# The same gate with its frozen pass over the whole window (the default
+# before base_pass_bucket_s; models exported without it).
+WINDOW_GATE_LABEL = "dense gate with Whisper LID"
 LORA_GOAL = 1 / 3
 DISTILL_GOAL = 1.6
 
@@ -154,6 +157,12 @@ def parse_args(argv=None):
         default="max",
         help="top-1 gate at the largest N only (its cost does not grow "
         "with N at batch 1) or at every N",
+    )
+    parser.add_argument(
+        "--gate-bucket",
+        type=float,
+        default=2.0,
+        help="base_pass_bucket_s of the default gate (fuse.yaml's)",
     )
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument(
@@ -409,28 +418,43 @@ def decode_specs(args):
     """Decoding systems in measuring order; the first is the baseline.
 
     Per placement: N experts fused by the default gate (dense, Whisper's
-    LID as a prior) at every N; at the largest N the same gate without the
-    LID prior (frozen encoder output only: what the LID step costs), its
-    top-1 form, and, when experts adapt the encoder, the free gate on the
-    first adapted layer's input; one expert routed and merged.
+    LID as a prior, its frozen pass over the batch's audio only) at every
+    N, and, when experts adapt the encoder (else nothing differs), the
+    same gate with its frozen pass over the whole window; at the largest N
+    the gate without the LID prior (frozen encoder output only: what the
+    LID step costs), its top-1 form, and, when experts adapt the encoder,
+    the free gate on the first adapted layer's input; one expert routed
+    and merged.
     """
     specs = [dict(kind="plain", name="plain Whisper")]
     top = max(args.expert_counts)
 
-    def fused(place, n, features, top_k, label):
+    def fused(place, n, features, top_k, label, bucket=None):
         return dict(
             kind="fused",
             place=place,
             n=n,
             top_k=top_k,
             features=features,
+            bucket=bucket,
             name=f"fused {n}, {label} [{place}]",
         )
 
     for place in args.placement_names:
         for n in args.expert_counts:
             specs.append(
-                fused(place, n, "whisper_lid", None, DEFAULT_GATE_LABEL)
+                fused(
+                    place,
+                    n,
+                    "whisper_lid",
+                    None,
+                    DEFAULT_GATE_LABEL,
+                    args.gate_bucket,
+                )
+            )
+        for n in args.expert_counts if place != "dec" else ():
+            specs.append(
+                fused(place, n, "whisper_lid", None, WINDOW_GATE_LABEL)
             )
         for n in args.expert_counts:
             if n == top or args.top1 == "all":
@@ -555,6 +579,7 @@ class DecodeSystem:
                 spec["n"],
                 top_k=spec["top_k"],
                 features=spec["features"],
+                base_pass_bucket_s=spec.get("bucket"),
             )
             gate.to(args.device).eval()
             self.tap = GateTap(whisper, self.pool, gate)
@@ -1490,6 +1515,7 @@ def main(argv=None):
                 placements=args.placement_names,
                 train_placements=args.train_placement_names,
                 top1=args.top1,
+                gate_bucket=args.gate_bucket,
                 rank=args.rank,
                 lora_dropout=args.lora_dropout,
                 targets=list(TARGETS),

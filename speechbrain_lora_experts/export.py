@@ -462,6 +462,7 @@ def _save_gates(folder, info, experts, gate):
             "top_k": gate.top_k,
             "language_aware": gate.language_aware,
             "features": gate.features,
+            "base_pass_bucket_s": gate.base_pass_bucket_s,
         }
     elif experts.token_gates:
         module, name = experts.token_gates, TOKEN_GATE_WEIGHTS
@@ -605,6 +606,10 @@ def hyperparams_values(info):
             # Models exported before the option existed read layer inputs.
             values["gate_features"] = json.dumps(
                 gate.get("features", "first_adapted")
+            )
+            # Before the option: the pass covered the whole window.
+            values["gate_base_pass_bucket_s"] = json.dumps(
+                gate.get("base_pass_bucket_s")
             )
     return values
 

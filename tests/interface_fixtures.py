@@ -75,6 +75,7 @@ def export(tmp_path_factory, hub, system, name, window_s=WINDOW_S, **kwargs):
             len(LANGUAGES),
             hidden_size=16,
             language_aware=kwargs.pop("gate_language_aware", False),
+            base_pass_bucket_s=kwargs.pop("gate_base_pass_bucket_s", None),
         )
         randomise(objects["gate"], seed=7, std=0.5)
     if kwargs.pop("token_gates", False):

@@ -44,6 +44,7 @@ def test_speed_benchmark_on_tiny_fixture(tmp_path, tiny_whisper_dir):
     decode = written["decode"]["1"]
     assert [row["system"] for row in decode] == [
         "plain Whisper",
+        "fused 2, dense gate with Whisper LID over the audio [enc1+dec]",
         "fused 2, dense gate with Whisper LID [enc1+dec]",
         "fused 2, top-1 gate [enc1+dec]",
         "fused 2, dense gate [enc1+dec]",
@@ -241,11 +242,21 @@ def test_default_gate_is_measured_at_every_expert_count():
     args = speed.parse_args(["--experts=2,4,8", "--placements=dec,enc2+dec"])
     names = [spec["name"] for spec in speed.decode_specs(args)]
     for place in ("dec", "enc2+dec"):
-        lid = [n for n in names if n.endswith(f"Whisper LID [{place}]")]
-        assert lid == [
-            f"fused {n}, dense gate with Whisper LID [{place}]"
+        lid = [
+            n for n in names if "Whisper LID" in n and n.endswith(f"[{place}]")
+        ]
+        expected = [
+            f"fused {n}, dense gate with Whisper LID over the audio [{place}]"
             for n in (2, 4, 8)
         ]
+        if place != "dec":
+            # Its frozen pass over the whole window beside it (decoder-only
+            # experts have no such pass: nothing to compare).
+            expected += [
+                f"fused {n}, dense gate with Whisper LID [{place}]"
+                for n in (2, 4, 8)
+            ]
+        assert lid == expected
         # Without the LID prior, top-1 and routed/merged: largest N only.
         assert f"fused 8, dense gate [{place}]" in names
         assert f"fused 4, dense gate [{place}]" not in names
@@ -256,3 +267,7 @@ def test_default_gate_is_measured_at_every_expert_count():
     lid_specs = [s for s in speed.decode_specs(args) if "LID" in s["name"]]
     assert {s["features"] for s in lid_specs} == {"whisper_lid"}
     assert {s["top_k"] for s in lid_specs} == {None}
+    assert {s["bucket"] for s in lid_specs if "audio" in s["name"]} == {2.0}
+    assert {s["bucket"] for s in lid_specs if "audio" not in s["name"]} == {
+        None
+    }

@@ -67,6 +67,75 @@ def test_tap_feeds_the_gate_frozen_features(sb_whisper, features):
     assert experts.routing.mode == "mix"
 
 
+@pytest.mark.parametrize("features", ["whisper_lid", "base_encoder"])
+def test_base_pass_over_the_audio_only(sb_whisper, features):
+    """The gate's frozen pass keeps the longest clip, rounded up to the
+    bucket: frozen layers over those frames, the clips' shares rescaled."""
+    experts = _pool(sb_whisper)
+    gate = UtteranceGate.for_whisper(
+        sb_whisper, 2, features=features, base_pass_bucket_s=1.0
+    )
+    gate.eval()
+    mel = sb_whisper._get_mel(torch.randn(2, 16000) * 0.1)
+    encoder = sb_whisper.model.encoder
+    n_frames = encoder.embed_positions.num_embeddings
+    # 1.5 s and 0.9 s of the window: two 1 s buckets, 100 frames.
+    fraction = torch.tensor([75.0, 45.0]) / n_frames
+    seen = []
+    count = encoder.layers[-1].register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].shape[1])
+    )
+    try:
+        with torch.no_grad():
+            experts.off()
+            captured = {}
+            hook = encoder.layers[0].register_forward_pre_hook(
+                lambda module, args: captured.update(layer0=args[0])
+            )
+            sb_whisper.forward_encoder(mel)
+            hook.remove()
+            cut = captured["layer0"][:, :100]
+            for layer in encoder.layers:
+                cut = layer(cut, None)
+                cut = cut[0] if isinstance(cut, tuple) else cut
+            cut = encoder.layer_norm(cut)
+            prior = None
+            if features == "whisper_lid":
+                _, probs = detect_language(sb_whisper, cut, ["de", "es"])
+                prior = probs.log()
+            expected, _ = gate(cut, fraction * n_frames / 100, lid_prior=prior)
+            seen.clear()
+            tap = GateTap(sb_whisper, experts, gate)
+            tap.prepare(valid_fraction=fraction)
+            sb_whisper.forward_encoder(mel)
+            tap.remove()
+            # The frozen pass over 100 frames, then the fused one over all.
+            assert seen == [100, n_frames]
+            torch.testing.assert_close(
+                tap.weights, expected, atol=1e-5, rtol=1e-5
+            )
+            # A bucket as long as the window is the whole-window pass.
+            whole = {}
+            for bucket in (None, n_frames / 50):
+                gate.base_pass_bucket_s = bucket
+                tap = GateTap(sb_whisper, experts, gate)
+                tap.prepare(valid_fraction=fraction)
+                sb_whisper.forward_encoder(mel)
+                tap.remove()
+                whole[bucket] = tap.weights
+            assert torch.equal(whole[None], whole[n_frames / 50])
+            assert not torch.allclose(whole[None], expected, atol=1e-6)
+    finally:
+        count.remove()
+
+
+def test_base_pass_bucket_is_checked():
+    for bucket in (0, -2.0, 0.015):
+        with pytest.raises(ValueError, match="base_pass_bucket_s"):
+            UtteranceGate(8, 2, base_pass_bucket_s=bucket)
+    assert UtteranceGate(8, 2, base_pass_bucket_s=0.02).base_pass_bucket_s
+
+
 def test_gate_features_are_checked(sb_whisper):
     with pytest.raises(ValueError, match="gate features"):
         UtteranceGate(8, 2, features="decoder")

@@ -354,6 +354,37 @@ def test_truncated_files_are_named(victim, model, request, tmp_path):
     assert "Copy it again" in str(caught.value)
 
 
+def test_the_gate_base_pass_bucket_travels_with_the_model(
+    fusion, clips, tmp_path_factory, tiny_whisper_dir
+):
+    from speechbrain_lora_experts.export import hyperparams_values
+
+    folder, _ = export(
+        tmp_path_factory,
+        tiny_whisper_dir,
+        "fuse",
+        "fuse_bucket",
+        gate=True,
+        language_aware=False,
+        gate_base_pass_bucket_s=1.0,
+    )
+    with open(os.path.join(folder, "model.json"), encoding="utf-8") as f:
+        info = json.load(f)
+    assert info["gate"]["base_pass_bucket_s"] == 1.0
+    asr = load(folder, tmp_path_factory)
+    assert asr.mods["gate"].base_pass_bucket_s == 1.0
+    # The fixture's gate ran its frozen pass over the whole window.
+    assert fusion[2].mods["gate"].base_pass_bucket_s is None
+    wav = load_audio(clips[0]).unsqueeze(0)  # 1 s of a 4 s window
+    cut = alone(asr, clips[0]).gate_weights
+    asr.mods["gate"].base_pass_bucket_s = None
+    whole = asr.transcribe_batch_detailed(wav)[0].gate_weights
+    assert cut != pytest.approx(whole, abs=1e-4)
+    # A model exported before the option ran the whole window.
+    del info["gate"]["base_pass_bucket_s"]
+    assert hyperparams_values(info)["gate_base_pass_bucket_s"] == "null"
+
+
 def test_older_export_is_upgraded(pool, clips, tmp_path):
     """A folder whose yaml needs a model_folder only the old loader set."""
     from speechbrain_lora_experts.export import write_hyperparams
