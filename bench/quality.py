@@ -193,13 +193,19 @@ def _soup_student(**extra):
 
 
 def _soup_system(
-    shared_scale, expert_scale, routing="lid", lid_scale=None, rescore=1
+    shared_scale,
+    expert_scale,
+    routing="lid",
+    lid_scale=None,
+    rescore=1,
+    confidence=None,
 ):
     """An expert soup: ``W + shared_scale * dML + expert_scale * dE``.
 
     ``lid_scale``: the multilingual LoRA's weight in the agnostic language
     step that routes (None: ``shared_scale``, the soup's own base);
-    ``rescore``: ``lid_rescore_top_k``.
+    ``rescore``: ``lid_rescore_top_k``; ``confidence``:
+    ``lid_rescore_confidence``.
     """
     overrides = {
         "fusion": "oracle",
@@ -213,6 +219,8 @@ def _soup_system(
         overrides["shared_adapter_lid_scale"] = lid_scale
     if rescore > 1:
         overrides["lid_rescore_top_k"] = rescore
+    if confidence is not None:
+        overrides["lid_rescore_confidence"] = confidence
     return dict(
         hparams="fuse.yaml", pool="plain", train=False, overrides=overrides
     )
@@ -317,6 +325,15 @@ LEAD_SYSTEMS = {
     # (beside the language step, two encodings and decodings instead of one).
     "expert_soup_dev_rescored": _soup_system(
         SOUP_DEV_SCALES[0], SOUP_DEV_SCALES[1], lid_scale=1.0, rescore=2
+    ),
+    # ... only where the language step gives its first language < 0.9
+    # (the rest keep it and decode once): what the rescoring costs.
+    "expert_soup_dev_rescored_confident": _soup_system(
+        SOUP_DEV_SCALES[0],
+        SOUP_DEV_SCALES[1],
+        lid_scale=1.0,
+        rescore=2,
+        confidence=0.9,
     ),
     # The baseline decoded the same way: the agnostic multilingual LoRA
     # (loaded as a distillation student, not trained further) with its two

@@ -29,7 +29,10 @@ import os
 import re
 import shutil
 
-from speechbrain_lora_experts.language_rescoring import check_top_k
+from speechbrain_lora_experts.language_rescoring import (
+    check_confidence,
+    check_top_k,
+)
 from speechbrain_lora_experts.languages import canonical_language
 from speechbrain_lora_experts.peft_io import save_expert
 from speechbrain_lora_experts.shared_adapter import (
@@ -103,6 +106,7 @@ def export_model(
     shared_adapter_scale=1.0,
     shared_adapter_lid_scale=None,
     lid_rescore_top_k=1,
+    lid_rescore_confidence=None,
 ):
     """Writes a model folder that ``LoRAExpertsASR.from_hparams`` loads.
 
@@ -167,6 +171,9 @@ def export_model(
         fusion: languages the interface transcribes per utterance when it
         names the language (the most probable language and transcript pair
         is kept; see ``language_rescoring``).
+    lid_rescore_confidence : float, optional
+        With ``lid_rescore_top_k`` > 1: utterances whose first language is
+        at least this probable keep it (None: all are rescored).
 
     Returns
     -------
@@ -272,6 +279,10 @@ def export_model(
     )
     if names_language and lid_rescore_top_k != 1:
         info["lid_rescore_top_k"] = check_top_k(lid_rescore_top_k, languages)
+        if lid_rescore_confidence is not None:
+            info["lid_rescore_confidence"] = check_confidence(
+                lid_rescore_confidence
+            )
     if shared_adapter is not None:
         # Residual experts only make sense on the base they were trained
         # on: the shared LoRA travels with them and is merged at load.
@@ -588,6 +599,9 @@ def hyperparams_values(info):
         values["lid_rescore_top_k"] = json.dumps(
             info.get("lid_rescore_top_k", 1)
         )
+        values["lid_rescore_confidence"] = json.dumps(
+            info.get("lid_rescore_confidence")
+        )
     if info["system"] == "fuse" and fusion != "gate":
         values["fusion"] = json.dumps(fusion)
         values["ties_density"] = json.dumps(info.get("ties_density", 0.2))
@@ -887,4 +901,5 @@ def export_run(brain):
         shared_adapter_scale=shared_scale,
         shared_adapter_lid_scale=lid_scale,
         lid_rescore_top_k=getattr(hparams, "lid_rescore_top_k", 1),
+        lid_rescore_confidence=getattr(hparams, "lid_rescore_confidence", None),
     )

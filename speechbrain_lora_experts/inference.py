@@ -1604,6 +1604,7 @@ class LoRAExpertsASR(WhisperASR):
             self.languages,
             self.hparams.lid_rescore_top_k,
             transcribe,
+            getattr(self.hparams, "lid_rescore_confidence", None),
         )
         out.languages = [self.languages[i] for i in index.tolist()]
         pick = rank.to(mel.device)[:, None]

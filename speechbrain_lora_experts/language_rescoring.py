@@ -16,7 +16,9 @@ that wrote the transcript (``decoding.score_tokens``). It is the joint
 probability Whisper itself maximises, one token at a time, when it writes
 the language token and then the text, with each language's text scored by
 that language's expert. It costs ``k`` encoder passes and decodings
-instead of one.
+instead of one. With a ``confidence``, an utterance whose first language
+has at least that probability keeps it, and a batch of only such
+utterances is transcribed once: the cost falls to the unsure batches.
 
 Authors
  * speechbrain-lora-experts developers 2026
@@ -62,6 +64,40 @@ def check_top_k(top_k, languages):
     return top_k
 
 
+def check_confidence(confidence):
+    """The language step's probability above which nothing is rescored.
+
+    Arguments
+    ---------
+    confidence : float or None
+        In (0, 1]; None: every utterance is rescored.
+
+    Returns
+    -------
+    float or None
+        ``confidence``.
+
+    Example
+    -------
+    >>> check_confidence(0.9)
+    0.9
+    >>> check_confidence(1.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: lid_rescore_confidence=1.5 must be in (0, 1] or null (rescore every utterance)
+    """
+    if confidence is None:
+        return None
+    if isinstance(confidence, bool) or not (
+        isinstance(confidence, (int, float)) and 0 < confidence <= 1
+    ):
+        raise ValueError(
+            f"lid_rescore_confidence={confidence!r} must be in (0, 1] or "
+            "null (rescore every utterance)"
+        )
+    return float(confidence)
+
+
 def pick(lid_log_probs, sum_logprobs):
     """Index of the most probable (language, transcript) pair per utterance.
 
@@ -97,7 +133,9 @@ def pick(lid_log_probs, sum_logprobs):
     return joint.argmax(dim=-1)
 
 
-def rescore_languages(language_probs, languages, top_k, transcribe):
+def rescore_languages(
+    language_probs, languages, top_k, transcribe, confidence=None
+):
     """Transcribes with the ``top_k`` likeliest languages, keeps the best.
 
     Arguments
@@ -114,6 +152,10 @@ def rescore_languages(language_probs, languages, top_k, transcribe):
         ``languages``), encodes, decodes with the ``codes`` prompts and,
         when ``score``, scores the tokens under that same routing
         (``decoding.score_tokens``; else ``sum_logprobs`` may be None).
+    confidence : float, optional
+        Utterances whose first language has at least this probability
+        keep it; when all of a batch's do, only that language transcribes
+        it (see ``check_confidence``). None: every utterance is rescored.
 
     Returns
     -------
@@ -154,10 +196,26 @@ def rescore_languages(language_probs, languages, top_k, transcribe):
     >>> index, tokens, rank = rescore_languages(probs, languages, 2, transcribe)
     >>> [i in top for i, top in zip(index.tolist(), [[0, 1], [2, 1]])]
     [True, True]
+    >>> calls = []
+    >>> def counted(index, codes, score):
+    ...     calls.append(codes)
+    ...     return transcribe(index, codes, score)
+    >>> index, _, rank = rescore_languages(
+    ...     probs, languages, 2, counted, confidence=0.5
+    ... )
+    >>> calls, rank.tolist()  # both sure enough: one transcription
+    ([['de', 'it']], [0, 0])
     >>> shutil.rmtree(tmp)
     """
     k = check_top_k(top_k, languages)
-    top = language_probs.topk(k, dim=-1).indices
+    confidence = check_confidence(confidence)
+    first, top = language_probs.topk(k, dim=-1)
+    sure = None
+    if confidence is not None and k > 1:
+        sure = (first[:, 0] >= confidence).cpu()
+        if bool(sure.all()):
+            k = 1
+    top = top[:, :k]
     scores, transcripts = [], []
     for rank in range(k):
         index = top[:, rank]
@@ -170,6 +228,8 @@ def rescore_languages(language_probs, languages, top_k, transcribe):
         return top[:, 0], transcripts[0], torch.zeros_like(top[:, 0])
     lid = language_probs.gather(1, top.to(language_probs.device))
     choice = pick(lid.clamp_min(1e-30).log(), torch.stack(scores, 1)).cpu()
+    if sure is not None:
+        choice = choice.masked_fill(sure, 0)
     tokens = [transcripts[c][b] for b, c in enumerate(choice.tolist())]
     index = top.gather(1, choice[:, None]).squeeze(1)
     return index, tokens, choice

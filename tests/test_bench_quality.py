@@ -277,6 +277,17 @@ def test_systems_reference_other_runs(tmp_path):
         if tuned["overrides"].get(k) != v and k != "output_folder"
     }
     assert extra == {"shared_adapter_lid_scale": 1.0, "lid_rescore_top_k": 2}
+    # ... only below a confident language step: one more option again.
+    confident = quality.plan_runs(
+        _args(tmp_path, systems="expert_soup_dev_rescored_confident")
+    )[("system", "expert_soup_dev_rescored_confident", "aware", 1)]
+    extra = {
+        k: v
+        for k, v in confident["overrides"].items()
+        if rescored["overrides"].get(k) != v and k != "output_folder"
+    }
+    assert extra == {"lid_rescore_confidence": 0.9}
+    assert confident["deps"] == rescored["deps"]
     # The baseline rescored: the multilingual LoRA itself, untrained further.
     baseline = quality.plan_runs(
         _args(tmp_path, systems="multilingual_lora_rescored")

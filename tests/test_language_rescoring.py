@@ -21,6 +21,10 @@ from interface_fixtures import (
 )
 
 from speechbrain_lora_experts import decoding
+from speechbrain_lora_experts.language_rescoring import (
+    check_confidence,
+    rescore_languages,
+)
 from speechbrain_lora_experts.recipe_runner import load_recipe_script
 
 
@@ -101,6 +105,40 @@ def test_interface_keeps_the_likeliest_language_and_transcript(
     assert named == [LANGUAGES[i] for i in lid.argmax(-1)]
 
 
+def test_confident_utterances_keep_the_language_step_choice():
+    """Scores that overrule the language step everywhere: only the unsure
+    utterance follows them, and a sure batch is transcribed once."""
+    languages = ["de", "es", "it"]
+    probs = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7]])
+    calls = []
+
+    def transcribe(index, codes, score):
+        calls.append((codes, score))
+        # Each utterance's second language writes by far the likelier text.
+        second = probs.topk(2, dim=-1).indices[:, 1]
+        total = torch.where(index == second, 0.0, -50.0)
+        return [[10 + i] for i in index.tolist()], total
+
+    index, tokens, rank = rescore_languages(
+        probs, languages, 2, transcribe, confidence=0.6
+    )
+    assert index.tolist() == [1, 2] and rank.tolist() == [1, 0]
+    assert tokens == [[11], [12]]
+    assert calls == [(["de", "it"], True), (["es", "es"], True)]
+    calls.clear()
+    index, tokens, rank = rescore_languages(probs, languages, 2, transcribe)
+    assert index.tolist() == [1, 1] and rank.tolist() == [1, 1]
+    calls.clear()
+    index, tokens, rank = rescore_languages(
+        probs, languages, 2, transcribe, confidence=0.5
+    )
+    assert calls == [(["de", "it"], False)]
+    assert index.tolist() == [0, 2] and rank.tolist() == [0, 0]
+    for bad in (0, -0.1, 1.01, True, "0.9"):
+        with pytest.raises(ValueError, match="lid_rescore_confidence"):
+            check_confidence(bad)
+
+
 def test_export_refuses_more_candidates_than_languages(
     tmp_path_factory, tiny_whisper_dir
 ):
@@ -141,6 +179,46 @@ def test_interface_one_lora_changes_only_the_prompt(
     assert [r.tokens for r in results] == chosen
 
 
+def test_interface_rescores_only_unsure_utterances(
+    clips, tmp_path_factory, tiny_whisper_dir, monkeypatch
+):
+    folder, _ = export(
+        tmp_path_factory,
+        tiny_whisper_dir,
+        "multilingual_lora",
+        "multilingual_confident",
+        language_aware=False,
+        lid_rescore_top_k=2,
+        lid_rescore_confidence=0.58,
+    )
+    with open(os.path.join(folder, "model.json"), encoding="utf-8") as f:
+        assert json.load(f)["lid_rescore_confidence"] == 0.58
+    asr = load(folder, tmp_path_factory)
+    assert asr.hparams.lid_rescore_confidence == 0.58
+    wavs, lens = as_batch(clips)
+    overruled_sure = 0
+    # The second clip's first language (0.6) is sure enough to keep.
+    for lid in (
+        torch.tensor([[0.45, 0.55], [0.6, 0.4]]),
+        torch.tensor([[0.4, 0.6], [0.45, 0.55]]),
+    ):
+        _hesitant(monkeypatch, decoding, lid)
+        results = asr.transcribe_batch_detailed(wavs, lens)
+        with torch.no_grad(), asr.experts.scope(route=0):
+            enc = asr.whisper.forward_encoder(asr.whisper._get_mel(wavs))
+            seconds = lens * wavs.shape[1] / 16000
+            best, _ = _each_prompt(asr.whisper, enc, seconds, lid)
+        first = lid.argmax(-1).tolist()
+        sure = (lid.max(-1).values >= 0.58).tolist()
+        expected = [f if s else b for b, f, s in zip(best, first, sure)]
+        assert [r.language for r in results] == [LANGUAGES[i] for i in expected]
+        overruled_sure += sum(
+            s and b != f for b, f, s in zip(best, first, sure)
+        )
+    # Live: rescoring every clip would have moved a sure one.
+    assert overruled_sure > 0
+
+
 def _each_prompt(whisper, enc, seconds, lid):
     """One model, every language's prompt: the joint choice and tokens."""
     limits = decoding.max_tokens_for(seconds)
@@ -155,13 +233,16 @@ def _each_prompt(whisper, enc, seconds, lid):
     return best, [found[i][row] for row, i in enumerate(best)]
 
 
-def _multilingual_brain(sb_whisper, top_k, aware=False, experts=None):
+def _multilingual_brain(
+    sb_whisper, top_k, aware=False, experts=None, confidence=None
+):
     hparams = dict(
         whisper=sb_whisper,
         experts=experts,
         languages=LANGUAGES,
         language_aware=aware,
         lid_rescore_top_k=top_k,
+        lid_rescore_confidence=confidence,
     )
     Brain = load_recipe_script().MultilingualBrain
     return Brain(hparams=hparams, run_opts={"device": "cpu"})
@@ -184,13 +265,32 @@ def test_recipe_one_lora_keeps_the_likeliest_pair(sb_whisper, monkeypatch):
     assert out["pred_langs"] == [LANGUAGES[i] for i in best]
     assert out["hyps"] == decoding.decode_text(sb_whisper, chosen)
     changed = sum(b != f for b, f in zip(best, lid.argmax(-1).tolist()))
-    assert brain.rescored == {"changed": changed, "utterances": 6}
+    assert brain.rescored == {"changed": changed, "utterances": 6, "unsure": 0}
     assert 0 < changed < 6
+
+    # Rows of 0.55 rescored, rows of 0.6 kept: the language step decides.
+    brain.hparams.lid_rescore_confidence = 0.58
+    brain.on_stage_start(None)
+    with torch.no_grad(), brain.experts.scope(route=0):
+        gated = brain.decode(batch, enc)
+    first = lid.argmax(-1).tolist()
+    expected = [
+        b if p < 0.58 else f for b, f, p in zip(best, first, lid.max(-1).values)
+    ]
+    assert gated["pred_langs"] == [LANGUAGES[i] for i in expected]
+    assert brain.rescored["unsure"] == 3
+    # Live: rescoring every row moved some rows the gate now keeps.
+    assert expected != best
+    assert brain.rescored["changed"] == sum(
+        e != f for e, f in zip(expected, first)
+    )
 
 
 def test_recipe_checks_rescoring(sb_whisper):
     with pytest.raises(ValueError, match="the pool has 2 languages"):
         _multilingual_brain(sb_whisper, 3)
+    with pytest.raises(ValueError, match="lid_rescore_confidence=0"):
+        _multilingual_brain(sb_whisper, 2, confidence=0)
     assert _multilingual_brain(sb_whisper, 2).rescores()
     # Aware, the given language prompts: nothing to rescore (one yaml
     # serves both scenarios, as oracle_routing does).

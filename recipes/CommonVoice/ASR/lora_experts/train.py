@@ -73,6 +73,7 @@ from speechbrain_lora_experts.export import export_run
 from speechbrain_lora_experts.frozen_prefix import build_prefix_cache
 from speechbrain_lora_experts.gate import GateTap
 from speechbrain_lora_experts.language_rescoring import (
+    check_confidence,
     check_top_k,
     rescore_languages,
 )
@@ -186,11 +187,17 @@ class WhisperExpertsBrain(sb.Brain):
         )
         if self.lid_rescore_top_k != 1:
             check_top_k(self.lid_rescore_top_k, self.languages)
+        check_confidence(self.lid_rescore_confidence)
 
     @property
     def lid_rescore_top_k(self):
         """Languages transcribed per utterance when the model names it."""
         return getattr(self.hparams, "lid_rescore_top_k", 1)
+
+    @property
+    def lid_rescore_confidence(self):
+        """Language-step probability from which nothing is rescored."""
+        return getattr(self.hparams, "lid_rescore_confidence", None)
 
     def rescores(self):
         """Whether decoding rescores the likeliest languages."""
@@ -443,14 +450,19 @@ class WhisperExpertsBrain(sb.Brain):
                 )
                 return tokens, total
 
+        probs = self.language_step(batch, enc)
         index, tokens, rank = rescore_languages(
-            self.language_step(batch, enc),
+            probs,
             self.languages,
             self.lid_rescore_top_k,
             transcribe,
+            self.lid_rescore_confidence,
         )
         self.rescored["changed"] += int((rank > 0).sum())
         self.rescored["utterances"] += len(tokens)
+        if self.lid_rescore_confidence is not None:
+            unsure = probs.max(dim=-1).values < self.lid_rescore_confidence
+            self.rescored["unsure"] += int(unsure.sum())
         return {
             "hyps": decoding.decode_text(self.whisper, tokens),
             "pred_langs": [self.languages[i] for i in index.tolist()],
@@ -561,7 +573,7 @@ class WhisperExpertsBrain(sb.Brain):
         """Fresh scorer and window and rescoring tallies per stage."""
         self.scorer = MultilingualScorer()
         self._windows = []
-        self.rescored = {"changed": 0, "utterances": 0}
+        self.rescored = {"changed": 0, "utterances": 0, "unsure": 0}
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs, anneals, checkpoints, and writes metrics."""
@@ -574,6 +586,16 @@ class WhisperExpertsBrain(sb.Brain):
                 self.rescored["changed"],
                 self.rescored["utterances"],
             )
+            if self.lid_rescore_confidence is not None:
+                logger.info(
+                    "%s: lid_rescore_confidence=%g: %d of %d utterances were "
+                    "rescored (the others' first language was at least that "
+                    "probable)",
+                    stage.name.lower(),
+                    self.lid_rescore_confidence,
+                    self.rescored["unsure"],
+                    self.rescored["utterances"],
+                )
         cache = getattr(self, "_prefix_cache", None)
         if cache is not None:
             logger.info(
