@@ -43,6 +43,7 @@ def test_probes_read_the_language_where_the_signal_carries_it(
             f"--whisper={tiny_whisper_dir}",
             f"--data={data}",
             "--window=1",
+            "--lid_bucket=0.2",
             f"--out={out}",
         ]
     )
@@ -55,9 +56,13 @@ def test_probes_read_the_language_where_the_signal_carries_it(
         low, high = row["test"]["interval"]
         assert low <= row["test"]["accuracy"] <= high
     assert result["whisper_lid"]["test"]["n"] == 10
+    # Over the audio only: 0.5-1 s clips of a 1 s window, 0.2 s buckets.
+    assert result["whisper_lid_audio"]["test"]["n"] == 10
+    assert result["lid_bucket"] == 0.2
     assert "fleurs_test" not in result["whisper_lid"]  # no such split here
     written = (out / "lid_evidence.json").read_text()
     assert str(tmp_path) not in written
     assert json.loads(written)["layers"] == result["layers"]
     report = (out / "lid_evidence.md").read_text()
     assert "| layer 2 (output) |" in report and "| Whisper LID |" in report
+    assert "| Whisper LID over the audio (0.2 s buckets) |" in report
