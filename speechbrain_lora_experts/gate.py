@@ -433,7 +433,9 @@ class GateTap:
     gradient) and the gate reads the frozen encoder's output; with
     ``"whisper_lid"`` it also runs one decoder step of frozen Whisper on
     that output for its language log-probabilities over the experts'
-    languages (the expert names). When the experts adapt no encoder layer,
+    languages (the expert names); with the gate's ``base_pass_bucket_s``
+    that frozen pass keeps only the frames of the batch's longest clip,
+    rounded up to the bucket. When the experts adapt no encoder layer,
     the encoder output is the base one and costs nothing. The tap sets the
     experts' mixing weights in place, before any adapted layer runs.
 
