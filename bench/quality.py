@@ -335,6 +335,13 @@ LEAD_SYSTEMS = {
         rescore=2,
         confidence=0.9,
     ),
+    "expert_soup_dev_rescored_confident99": _soup_system(
+        SOUP_DEV_SCALES[0],
+        SOUP_DEV_SCALES[1],
+        lid_scale=1.0,
+        rescore=2,
+        confidence=0.99,
+    ),
     # The baseline decoded the same way: the agnostic multilingual LoRA
     # (loaded as a distillation student, not trained further) with its two
     # likeliest languages rescored; how much of the soup's gain is routing.

@@ -288,6 +288,10 @@ def test_systems_reference_other_runs(tmp_path):
     }
     assert extra == {"lid_rescore_confidence": 0.9}
     assert confident["deps"] == rescored["deps"]
+    surer = quality.plan_runs(
+        _args(tmp_path, systems="expert_soup_dev_rescored_confident99")
+    )[("system", "expert_soup_dev_rescored_confident99", "aware", 1)]
+    assert surer["overrides"]["lid_rescore_confidence"] == 0.99
     # The baseline rescored: the multilingual LoRA itself, untrained further.
     baseline = quality.plan_runs(
         _args(tmp_path, systems="multilingual_lora_rescored")
