@@ -109,6 +109,13 @@ SYSTEMS = {
     # Listed in running order: the paper's comparison first.
     "multilingual_lora": dict(hparams="multilingual_lora.yaml"),
     "fusion_gate": dict(hparams="fuse.yaml", pool="plain"),
+    # The gate's frozen pass over the whole window (the default before
+    # gate_base_pass_bucket_s): what the audio-only evidence changes.
+    "fusion_gate_window": dict(
+        hparams="fuse.yaml",
+        pool="plain",
+        overrides={"gate_base_pass_bucket_s": None},
+    ),
     "distillation": dict(hparams="distill.yaml", pool="plain"),
     # No gate names the language of oracle and merges: Whisper does.
     "expert_oracle": dict(

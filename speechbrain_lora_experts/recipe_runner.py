@@ -175,7 +175,11 @@ def yaml_value(value):
     -------
     >>> yaml_value(["de", "es"]), yaml_value(False), yaml_value(3)
     ('[de,es]', 'False', '3')
+    >>> yaml_value(None)  # YAML reads "None" as a string
+    'null'
     """
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "True" if value else "False"
     if isinstance(value, (list, tuple)):

@@ -288,6 +288,9 @@ def test_systems_reference_other_runs(tmp_path):
     }
     assert extra == {"lid_rescore_confidence": 0.9}
     assert confident["deps"] == rescored["deps"]
+    window = quality.plan_runs(_args(tmp_path, systems="fusion_gate_window"))
+    window = window[("system", "fusion_gate_window", "aware", 1)]
+    assert window["overrides"]["gate_base_pass_bucket_s"] is None
     surer = quality.plan_runs(
         _args(tmp_path, systems="expert_soup_dev_rescored_confident99")
     )[("system", "expert_soup_dev_rescored_confident99", "aware", 1)]
