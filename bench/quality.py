@@ -301,14 +301,12 @@ LEAD_SYSTEMS = {
     "expert_soup": _soup_system(0.5, 0.5),
     # The soup with both weights chosen on the small setting's dev set,
     # no test set read (bench/tune_soup.py, results/tune_soup_small.md).
-    "expert_soup_dev": _soup_system(SOUP_DEV_SCALES[0], SOUP_DEV_SCALES[1]),
+    "expert_soup_dev": _soup_system(*SOUP_DEV_SCALES),
     # Agnostic, the uniform soup routed by the true language instead of
     # its base's LID: how much of the soup's gain the router loses (an
     # upper bound, not deployable). Aware it is expert_soup.
     "expert_soup_label": _soup_system(0.5, 0.5, routing="label"),
-    "expert_soup_dev_label": _soup_system(
-        SOUP_DEV_SCALES[0], SOUP_DEV_SCALES[1], routing="label"
-    ),
+    "expert_soup_dev_label": _soup_system(*SOUP_DEV_SCALES, routing="label"),
     # Distillation from expert soups: each utterance's teacher is its
     # language's dev-tuned soup (W + 0.65 dML + 0.5 dE, one pass), the
     # student starts from the multilingual LoRA of the same scenario. One
@@ -324,27 +322,24 @@ LEAD_SYSTEMS = {
     # language). Same cost as expert_soup's routing; aware they are
     # expert_soup and expert_soup_dev.
     "expert_soup_ml_routed": _soup_system(0.5, 0.5, lid_scale=1.0),
-    "expert_soup_dev_ml_routed": _soup_system(
-        SOUP_DEV_SCALES[0], SOUP_DEV_SCALES[1], lid_scale=1.0
-    ),
+    "expert_soup_dev_ml_routed": _soup_system(*SOUP_DEV_SCALES, lid_scale=1.0),
     # ... and the soups of the multilingual LoRA's two likeliest languages
     # each transcribe; the likelier (language, transcript) pair is kept
     # (beside the language step, two encodings and decodings instead of one).
     "expert_soup_dev_rescored": _soup_system(
-        SOUP_DEV_SCALES[0], SOUP_DEV_SCALES[1], lid_scale=1.0, rescore=2
+        *SOUP_DEV_SCALES, lid_scale=1.0, rescore=2
     ),
     # ... only where the language step gives its first language < 0.9
-    # (the rest keep it and decode once): what the rescoring costs.
+    # (resp. 0.99; the rest keep it and decode once): what the rescoring
+    # costs.
     "expert_soup_dev_rescored_confident": _soup_system(
-        SOUP_DEV_SCALES[0],
-        SOUP_DEV_SCALES[1],
+        *SOUP_DEV_SCALES,
         lid_scale=1.0,
         rescore=2,
         confidence=0.9,
     ),
     "expert_soup_dev_rescored_confident99": _soup_system(
-        SOUP_DEV_SCALES[0],
-        SOUP_DEV_SCALES[1],
+        *SOUP_DEV_SCALES,
         lid_scale=1.0,
         rescore=2,
         confidence=0.99,

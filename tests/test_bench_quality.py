@@ -159,6 +159,21 @@ def test_bootstrap_keeps_only_utterances_every_run_has():
     assert boot.uids == {"de": ["u000", "u001"]} and boot.dropped == {"de": 1}
 
 
+def _planned(tmp_path, system):
+    """The planned aware seed-1 run of ``system``."""
+    tasks = quality.plan_runs(_args(tmp_path, systems=system))
+    return tasks[("system", system, "aware", 1)]
+
+
+def _added(overrides, base):
+    """The overrides that differ from ``base`` (the run folder aside)."""
+    return {
+        k: v
+        for k, v in overrides.items()
+        if base.get(k) != v and k != "output_folder"
+    }
+
+
 def _args(tmp_path, **extra):
     args = quality.parse_args(
         [
@@ -261,39 +276,20 @@ def test_systems_reference_other_runs(tmp_path):
         routed = quality.plan_runs(_args(tmp_path, systems=name))
         routed = routed[("system", name, "aware", 1)]
         assert routed["deps"] == soup["deps"]
-        extra = {
-            k: v
-            for k, v in routed["overrides"].items()
-            if base["overrides"].get(k) != v and k != "output_folder"
-        }
+        extra = _added(routed["overrides"], base["overrides"])
         assert extra == {"shared_adapter_lid_scale": 1.0}
     # Rescoring the two likeliest languages: one more option than that.
-    rescored = quality.plan_runs(
-        _args(tmp_path, systems="expert_soup_dev_rescored")
-    )[("system", "expert_soup_dev_rescored", "aware", 1)]
-    extra = {
-        k: v
-        for k, v in rescored["overrides"].items()
-        if tuned["overrides"].get(k) != v and k != "output_folder"
-    }
+    rescored = _planned(tmp_path, "expert_soup_dev_rescored")
+    extra = _added(rescored["overrides"], tuned["overrides"])
     assert extra == {"shared_adapter_lid_scale": 1.0, "lid_rescore_top_k": 2}
     # ... only below a confident language step: one more option again.
-    confident = quality.plan_runs(
-        _args(tmp_path, systems="expert_soup_dev_rescored_confident")
-    )[("system", "expert_soup_dev_rescored_confident", "aware", 1)]
-    extra = {
-        k: v
-        for k, v in confident["overrides"].items()
-        if rescored["overrides"].get(k) != v and k != "output_folder"
-    }
+    confident = _planned(tmp_path, "expert_soup_dev_rescored_confident")
+    extra = _added(confident["overrides"], rescored["overrides"])
     assert extra == {"lid_rescore_confidence": 0.9}
     assert confident["deps"] == rescored["deps"]
-    window = quality.plan_runs(_args(tmp_path, systems="fusion_gate_window"))
-    window = window[("system", "fusion_gate_window", "aware", 1)]
+    window = _planned(tmp_path, "fusion_gate_window")
     assert window["overrides"]["gate_base_pass_bucket_s"] is None
-    surer = quality.plan_runs(
-        _args(tmp_path, systems="expert_soup_dev_rescored_confident99")
-    )[("system", "expert_soup_dev_rescored_confident99", "aware", 1)]
+    surer = _planned(tmp_path, "expert_soup_dev_rescored_confident99")
     assert surer["overrides"]["lid_rescore_confidence"] == 0.99
     # The baseline rescored: the multilingual LoRA itself, untrained further.
     baseline = quality.plan_runs(
@@ -316,11 +312,9 @@ def test_systems_reference_other_runs(tmp_path):
     anchored = quality.plan_runs(
         _args(tmp_path, systems="distill_soup_anchor")
     )[("system", "distill_soup_anchor", "aware", 1)]["overrides"]
-    assert {
-        k: v
-        for k, v in anchored.items()
-        if student["overrides"].get(k) != v and k != "output_folder"
-    } == {"distill_anchor_weight": 0.3}
+    assert _added(anchored, student["overrides"]) == {
+        "distill_anchor_weight": 0.3
+    }
     assert soup["deps"] == {
         ("expert", "plain", "de", 1),
         ("expert", "plain", "it", 1),
