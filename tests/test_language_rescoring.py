@@ -170,11 +170,7 @@ def test_interface_one_lora_changes_only_the_prompt(
     lid = torch.tensor([[0.45, 0.55], [0.6, 0.4]])
     _hesitant(monkeypatch, decoding, lid)
     results = asr.transcribe_batch_detailed(wavs, lens)
-    # One encoder output (the LoRA routed), each language's prompt.
-    with torch.no_grad(), asr.experts.scope(route=0):
-        enc = asr.whisper.forward_encoder(asr.whisper._get_mel(wavs))
-        seconds = lens * wavs.shape[1] / 16000
-        best, chosen = _each_prompt(asr.whisper, enc, seconds, lid)
+    best, chosen = _one_lora_by_hand(asr, wavs, lens, lid)
     assert [r.language for r in results] == [LANGUAGES[i] for i in best]
     assert [r.tokens for r in results] == chosen
 
@@ -204,10 +200,7 @@ def test_interface_rescores_only_unsure_utterances(
     ):
         _hesitant(monkeypatch, decoding, lid)
         results = asr.transcribe_batch_detailed(wavs, lens)
-        with torch.no_grad(), asr.experts.scope(route=0):
-            enc = asr.whisper.forward_encoder(asr.whisper._get_mel(wavs))
-            seconds = lens * wavs.shape[1] / 16000
-            best, _ = _each_prompt(asr.whisper, enc, seconds, lid)
+        best, _ = _one_lora_by_hand(asr, wavs, lens, lid)
         first = lid.argmax(-1).tolist()
         sure = (lid.max(-1).values >= 0.58).tolist()
         expected = [f if s else b for b, f, s in zip(best, first, sure)]
@@ -217,6 +210,14 @@ def test_interface_rescores_only_unsure_utterances(
         )
     # Live: rescoring every clip would have moved a sure one.
     assert overruled_sure > 0
+
+
+def _one_lora_by_hand(asr, wavs, lens, lid):
+    """One encoder output (the LoRA routed), each language's prompt."""
+    with torch.no_grad(), asr.experts.scope(route=0):
+        enc = asr.whisper.forward_encoder(asr.whisper._get_mel(wavs))
+        seconds = lens * wavs.shape[1] / 16000
+        return _each_prompt(asr.whisper, enc, seconds, lid)
 
 
 def _each_prompt(whisper, enc, seconds, lid):
