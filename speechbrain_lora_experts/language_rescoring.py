@@ -98,6 +98,32 @@ def check_confidence(confidence):
     return float(confidence)
 
 
+def is_sure(language_probs, confidence):
+    """Utterances whose first language keeps without rescoring.
+
+    Arguments
+    ---------
+    language_probs : torch.Tensor
+        ``[B, N]`` probabilities from the language step.
+    confidence : float or None
+        See ``check_confidence``; None: no utterance is sure.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[B]`` booleans, on the CPU.
+
+    Example
+    -------
+    >>> probs = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7]])
+    >>> is_sure(probs, 0.6).tolist(), is_sure(probs, None).tolist()
+    ([False, True], [False, False])
+    """
+    if confidence is None:
+        return torch.zeros(language_probs.shape[0], dtype=torch.bool)
+    return (language_probs.max(dim=-1).values >= confidence).cpu()
+
+
 def pick(lid_log_probs, sum_logprobs):
     """Index of the most probable (language, transcript) pair per utterance.
 
@@ -209,12 +235,10 @@ def rescore_languages(
     """
     k = check_top_k(top_k, languages)
     confidence = check_confidence(confidence)
-    first, top = language_probs.topk(k, dim=-1)
-    sure = None
-    if confidence is not None and k > 1:
-        sure = (first[:, 0] >= confidence).cpu()
-        if bool(sure.all()):
-            k = 1
+    top = language_probs.topk(k, dim=-1).indices
+    sure = is_sure(language_probs, confidence)
+    if confidence is not None and k > 1 and bool(sure.all()):
+        k = 1
     top = top[:, :k]
     scores, transcripts = [], []
     for rank in range(k):
@@ -228,8 +252,7 @@ def rescore_languages(
         return top[:, 0], transcripts[0], torch.zeros_like(top[:, 0])
     lid = language_probs.gather(1, top.to(language_probs.device))
     choice = pick(lid.clamp_min(1e-30).log(), torch.stack(scores, 1)).cpu()
-    if sure is not None:
-        choice = choice.masked_fill(sure, 0)
+    choice = choice.masked_fill(sure, 0)
     tokens = [transcripts[c][b] for b, c in enumerate(choice.tolist())]
     index = top.gather(1, choice[:, None]).squeeze(1)
     return index, tokens, choice

@@ -75,6 +75,7 @@ from speechbrain_lora_experts.gate import GateTap
 from speechbrain_lora_experts.language_rescoring import (
     check_confidence,
     check_top_k,
+    is_sure,
     rescore_languages,
 )
 from speechbrain_lora_experts.metrics import MultilingualScorer
@@ -461,8 +462,8 @@ class WhisperExpertsBrain(sb.Brain):
         self.rescored["changed"] += int((rank > 0).sum())
         self.rescored["utterances"] += len(tokens)
         if self.lid_rescore_confidence is not None:
-            unsure = probs.max(dim=-1).values < self.lid_rescore_confidence
-            self.rescored["unsure"] += int(unsure.sum())
+            sure = is_sure(probs, self.lid_rescore_confidence)
+            self.rescored["unsure"] += int((~sure).sum())
         return {
             "hyps": decoding.decode_text(self.whisper, tokens),
             "pred_langs": [self.languages[i] for i in index.tolist()],
