@@ -558,6 +558,65 @@ def resolve(value, folders, context, args):
     return _REFERENCE.sub(replace, value), deps
 
 
+def split_systems(text):
+    """``--systems`` -> (system names, ``name -> scenarios`` it is limited to).
+
+    An item ``name/scenario`` runs the system in that scenario only (e.g.
+    a decoding that only the agnostic scenario has); a bare name runs in
+    every scenario of ``--scenarios``.
+
+    Arguments
+    ---------
+    text : str or list
+        Comma-separated items, or the setting's list of names.
+
+    Returns
+    -------
+    tuple
+        (names in their first order, ``{name: set of scenarios}`` for the
+        names that were limited).
+
+    Example
+    -------
+    >>> split_systems("fusion_gate/aware,zero_shot,fusion_gate/agnostic")
+    (['fusion_gate', 'zero_shot'], {'fusion_gate': {'aware', 'agnostic'}})
+    >>> split_systems(["zero_shot"])
+    (['zero_shot'], {})
+    """
+    items = text.split(",") if isinstance(text, str) else list(text)
+    names, limited = [], {}
+    for item in filter(None, (i.strip() for i in items)):
+        name, _, scenario = item.partition("/")
+        if name not in names:
+            names.append(name)
+        if scenario:
+            limited.setdefault(name, set()).add(scenario)
+    return names, limited
+
+
+def asked_runs(args):
+    """The (system, scenario) runs asked for, in ``--systems`` order.
+
+    Example
+    -------
+    >>> import argparse
+    >>> args = argparse.Namespace(
+    ...     systems=["fusion_gate", "zero_shot"],
+    ...     scenarios=["aware", "agnostic"],
+    ...     system_scenarios={"fusion_gate": {"aware"}},
+    ... )
+    >>> asked_runs(args)
+    [('fusion_gate', 'aware'), ('zero_shot', 'aware'), ('zero_shot', 'agnostic')]
+    """
+    limited = getattr(args, "system_scenarios", {})
+    return [
+        (system, scenario)
+        for system in args.systems
+        for scenario in args.scenarios
+        if scenario in limited.get(system, (scenario,))
+    ]
+
+
 def plan_runs(args):
     """Every run of the benchmark: ``key -> task``.
 
@@ -569,8 +628,6 @@ def plan_runs(args):
         ({SYSTEMS[s].get("pool") for s in args.systems} - {None})
         | set(args.pools)
     )
-    # A pool or system may reference a system not asked for: add it.
-    systems = list(args.systems)
     tasks = {}
     for seed in args.seeds:
         root = os.path.join(args.work, f"seed{seed}")
@@ -585,14 +642,13 @@ def plan_runs(args):
                 )
         # run key (as in folders) -> task key
         task_of = {}
-        for system in systems:
-            for scenario in args.scenarios:
-                task_of[("run", system, scenario)] = (
-                    "system",
-                    system,
-                    scenario,
-                    seed,
-                )
+        for system, scenario in asked_runs(args):
+            task_of[("run", system, scenario)] = (
+                "system",
+                system,
+                scenario,
+                seed,
+            )
 
         def base_values(n_train, train, out):
             """Overrides every run shares, and its epochs in the budget."""
@@ -620,9 +676,7 @@ def plan_runs(args):
             return values, epochs
 
         pending = [(("pool", p), p) for p in pools]
-        pending += [
-            (("run", s, c), (s, c)) for s in systems for c in args.scenarios
-        ]
+        pending += [(("run", s, c), (s, c)) for s, c in asked_runs(args)]
         while pending:
             ref, what = pending.pop(0)
             if ref[0] == "pool":
@@ -1609,10 +1663,8 @@ def parse_args(argv):
         if args.seeds
         else setting["seeds"]
     )
-    args.systems = (
-        [s for s in args.systems.split(",") if s]
-        if args.systems is not None
-        else setting["systems"]
+    args.systems, args.system_scenarios = split_systems(
+        args.systems if args.systems is not None else setting["systems"]
     )
     args.pools = [p for p in args.pools.split(",") if p]
     args.scenarios = (
@@ -1649,6 +1701,7 @@ def parse_args(argv):
             f"unknown pools {sorted(unknown)}; choose from {sorted(POOLS)}"
         )
     unknown = set(args.scenarios) - set(SCENARIOS)
+    unknown |= set().union(*args.system_scenarios.values()) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}")
     # The recipe runs in its own folder: relative paths would move.
@@ -1831,6 +1884,7 @@ def main(argv=None):
         seeds=args.seeds,
         systems=args.systems,
         scenarios=args.scenarios,
+        asked=[f"{system}/{scenario}" for system, scenario in asked_runs(args)],
         baseline=BASELINE,
         whisper=whisper_info(args.whisper),
         corpus=describe_corpus(

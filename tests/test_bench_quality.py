@@ -348,6 +348,37 @@ def test_a_pool_alone_trains_with_what_it_references(tmp_path):
         _args(tmp_path, pools="nope")
 
 
+def test_a_system_can_be_limited_to_one_scenario(tmp_path):
+    # One report for both scenarios: the agnostic-only decodings and the
+    # aware-only gate next to systems run in both.
+    args = _args(
+        tmp_path,
+        scenarios="aware,agnostic",
+        systems="fusion_gate/aware,multilingual_lora,"
+        "expert_soup_dev_rescored/agnostic",
+    )
+    tasks = quality.plan_runs(args)
+    runs = sorted(k[1:3] for k in tasks if k[0] == "system")
+    assert runs == [
+        ("expert_soup_dev_rescored", "agnostic"),
+        ("fusion_gate", "aware"),
+        ("multilingual_lora", "agnostic"),
+        ("multilingual_lora", "aware"),
+    ]
+    # A run another one reads is still planned in its scenario: the
+    # agnostic soup reads the agnostic multilingual LoRA.
+    only_soup = _args(
+        tmp_path,
+        scenarios="aware,agnostic",
+        systems="expert_soup_dev_rescored/agnostic",
+    )
+    planned = sorted(k[1:3] for k in quality.plan_runs(only_soup))
+    assert ("multilingual_lora", "agnostic") in planned
+    assert ("multilingual_lora", "aware") not in planned
+    with pytest.raises(SystemExit):
+        _args(tmp_path, systems="fusion_gate/aware_ish")
+
+
 def test_estimate_of_the_medium_setting(capsys):
     # 6 experts, then 6 systems: the experts and the multilingual LoRA
     # share the first wave, fusion, distillation, oracle and soup the
