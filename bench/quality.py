@@ -233,8 +233,12 @@ def _soup_system(
     )
 
 
-# (shared_adapter_scale, expert_scale) chosen by bench/tune_soup.py.
+# (shared_adapter_scale, expert_scale) chosen by bench/tune_soup.py:
+# on the 3 x 3 grid up to 0.65 (results/tune_soup_small.md), then on a
+# grid widened past that edge, with the pool and multilingual LoRAs of
+# this machine's runs (results/tune_soup_small_wide.md).
 SOUP_DEV_SCALES = (0.65, 0.5)
+SOUP_WIDE_SCALES = (0.8, 0.5)
 LEAD_SYSTEMS = {
     "shared_expert_oracle": dict(
         hparams="fuse.yaml",
@@ -328,6 +332,11 @@ LEAD_SYSTEMS = {
     # (beside the language step, two encodings and decodings instead of one).
     "expert_soup_dev_rescored": _soup_system(
         *SOUP_DEV_SCALES, lid_scale=1.0, rescore=2
+    ),
+    # The soup at the widened grid's dev choice, aware and rescored.
+    "expert_soup_dev_wide": _soup_system(*SOUP_WIDE_SCALES),
+    "expert_soup_dev_wide_rescored": _soup_system(
+        *SOUP_WIDE_SCALES, lid_scale=1.0, rescore=2
     ),
     # ... only where the language step gives its first language < 0.9
     # (resp. 0.99; the rest keep it and decode once): what the rescoring

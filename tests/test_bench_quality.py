@@ -282,6 +282,15 @@ def test_systems_reference_other_runs(tmp_path):
     rescored = _planned(tmp_path, "expert_soup_dev_rescored")
     extra = _added(rescored["overrides"], tuned["overrides"])
     assert extra == {"shared_adapter_lid_scale": 1.0, "lid_rescore_top_k": 2}
+    # The widened grid's choice: only the two weights differ.
+    wide = _planned(tmp_path, "expert_soup_dev_wide")
+    scales = ("shared_adapter_scale", "expert_scale")
+    assert tuple(wide["overrides"][k] for k in scales) == (0.8, 0.5)
+    assert set(_added(wide["overrides"], tuned["overrides"])) <= set(scales)
+    wide_rescored = _planned(tmp_path, "expert_soup_dev_wide_rescored")
+    assert _added(wide_rescored["overrides"], rescored["overrides"]) == {
+        "shared_adapter_scale": quality.SOUP_WIDE_SCALES[0]
+    }
     # ... only below a confident language step: one more option again.
     confident = _planned(tmp_path, "expert_soup_dev_rescored_confident")
     extra = _added(confident["overrides"], rescored["overrides"])
