@@ -182,7 +182,8 @@ def score(runs, reference, n_resamples=1000):
     list of dict
         One row per point, scored points first by mean dev macro error
         rate: ``name``, ``seeds`` (run), ``macro`` (per seed), ``mean``,
-        ``gain`` over the reference (%), ``interval``, ``p_not_better``.
+        ``by_language`` (mean over seeds), ``gain`` over the reference
+        (%), ``interval``, ``p_not_better``.
 
     Example
     -------
@@ -194,6 +195,8 @@ def score(runs, reference, n_resamples=1000):
     >>> rows = score(runs, "ref", n_resamples=100)
     >>> [(r["name"], r["mean"], r["gain"]) for r in rows]
     [('p', 31.25, 37.5), ('ref', 50.0, 0.0)]
+    >>> rows[0]["by_language"]
+    {'de': 31.25}
     """
     seeds = sorted(set().union(*(set(r) for r in runs.values())))
     complete = {
@@ -213,9 +216,15 @@ def score(runs, reference, n_resamples=1000):
     for name in runs:
         row = dict(name=name, seeds=sorted(runs[name]))
         if name in complete:
-            macros = [error_rates(run)[1] for run in complete[name]]
+            rates = [error_rates(run) for run in complete[name]]
+            macros = [macro for _, macro in rates]
             row.update(macro=dict(zip(seeds, macros)))
             row["mean"] = float(np.mean(macros))
+            # Where a weight helps: one language can move the macro alone.
+            row["by_language"] = {
+                lang: float(np.mean([langs[lang] for langs, _ in rates]))
+                for lang in rates[0][0]
+            }
         rows.append(row)
     by_name = {row["name"]: row for row in rows}
     ref = by_name.get(reference)
@@ -246,14 +255,15 @@ def write_markdown(path, result):
         "dev sentences; p = share of resamples where the point is not better. "
         "Chosen: the lowest mean dev macro WER.",
         "",
-        "| a | b | dev macro WER by seed | mean | gain over uniform | p |",
-        "|---|---|---|---|---|---|",
+        "| a | b | dev macro WER by seed | mean | by language (mean) "
+        "| gain over uniform | p |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in result["points"]:
         a, b = (row["point"][k] for k in KNOBS)
         if "mean" not in row:
             done = ", ".join(map(str, row["seeds"])) or "none"
-            lines.append(f"| {a} | {b} | seeds run: {done} | – | – | – |")
+            lines.append(f"| {a} | {b} | seeds run: {done} | – | – | – | – |")
             continue
         by_seed = " / ".join(f"{row['macro'][s]:.1f}" for s in seeds)
         gain = "–"
@@ -261,8 +271,12 @@ def write_markdown(path, result):
             low, high = row["interval"]
             gain = f"{row['gain']:+.1f}% [{low:+.1f}, {high:+.1f}]"
         p = f"{row['p_not_better']:.2f}" if "p_not_better" in row else "–"
+        langs = " · ".join(
+            f"{lang} {rate:.1f}" for lang, rate in row["by_language"].items()
+        )
         lines.append(
-            f"| {a} | {b} | {by_seed} | {row['mean']:.1f} | {gain} | {p} |"
+            f"| {a} | {b} | {by_seed} | {row['mean']:.1f} | {langs} | {gain} "
+            f"| {p} |"
         )
     write_grid_markdown(path, lines, result)
 

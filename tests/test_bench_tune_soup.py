@@ -137,10 +137,12 @@ def test_points_run_on_dev_and_the_lowest_mean_is_chosen(
     ]
     assert result["dev_set"] == "de 10 clips, it 10 clips"
     markdown = (out / "tune_soup_small.md").read_text()
-    assert "| 0.7 | 0.5 | 25.0 / 50.0 | 37.5 | +25.0% [+25.0, +25.0] |" in (
-        markdown
-    )
-    assert "| 0.7 | 0.3 | seeds run: 1 | – | – | – |" in markdown
+    assert best["by_language"] == {"de": 37.5, "it": 37.5}
+    assert (
+        "| 0.7 | 0.5 | 25.0 / 50.0 | 37.5 | de 37.5 · it 37.5 "
+        "| +25.0% [+25.0, +25.0] |"
+    ) in markdown
+    assert "| 0.7 | 0.3 | seeds run: 1 | – | – | – | – |" in markdown
     assert str(tmp_path) not in (out / "tune_soup_small.json").read_text()
 
     # Finished points are read back, not evaluated again.
