@@ -587,8 +587,11 @@ def split_systems(text):
 
     Example
     -------
-    >>> split_systems("fusion_gate/aware,zero_shot,fusion_gate/agnostic")
-    (['fusion_gate', 'zero_shot'], {'fusion_gate': {'aware', 'agnostic'}})
+    >>> names, limited = split_systems(
+    ...     "fusion_gate/aware,zero_shot,fusion_gate/agnostic"
+    ... )
+    >>> names, limited == {"fusion_gate": {"aware", "agnostic"}}
+    (['fusion_gate', 'zero_shot'], True)
     >>> split_systems(["zero_shot"])
     (['zero_shot'], {})
     """
@@ -1599,7 +1602,8 @@ def parse_args(argv):
     parser.add_argument(
         "--systems",
         default=None,
-        help="comma-separated SYSTEMS (default: the setting's); '' for none",
+        help="comma-separated SYSTEMS (default: the setting's); '' for none; "
+        "NAME/SCENARIO runs NAME in that scenario only",
     )
     parser.add_argument(
         "--pools",
