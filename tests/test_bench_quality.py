@@ -207,6 +207,12 @@ def test_step_budget_gives_experts_more_epochs(tmp_path):
         ("expert", "plain", "de", 1),
         ("expert", "plain", "it", 1),
     }
+    # Three times the budget: 18 epochs of the same 20 steps.
+    long = _planned(tmp_path, "multilingual_lora_long")
+    assert long["overrides"]["number_of_epochs"] == 18
+    assert _added(long["overrides"], ml["overrides"]) == {
+        "number_of_epochs": 18
+    }
     fixed = _args(tmp_path, systems="multilingual_lora", epochs=2)
     fixed = quality.plan_runs(fixed)
     assert fixed[("system", "multilingual_lora", "aware", 1)]["epochs"] == 2
