@@ -4,7 +4,7 @@ A residual expert starts at zero on top of the shared multilingual LoRA
 and validates that start as epoch 0, so an expert that never lowers its
 language's dev loss keeps the shared LoRA unchanged. At the benchmark's
 step (lr 1e-3) all four residual experts of the small setting did: their
-dev loss rose after the first epoch (``bench/results/quality_small.md``,
+dev loss rose after the first epoch (``bench/results/quality_small_earlier.md``,
 expert runs of the "shared" pool), and the shared + expert system equals
 the multilingual LoRA. This script asks whether a gentler step (learning
 rate, dropout, epochs) lets them improve on the shared LoRA.
