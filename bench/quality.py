@@ -210,19 +210,21 @@ def _soup_system(
     lid_scale=None,
     rescore=1,
     confidence=None,
+    multilingual=None,
 ):
     """An expert soup: ``W + shared_scale * dML + expert_scale * dE``.
 
     ``lid_scale``: the multilingual LoRA's weight in the agnostic language
     step that routes (None: ``shared_scale``, the soup's own base);
     ``rescore``: ``lid_rescore_top_k``; ``confidence``:
-    ``lid_rescore_confidence``.
+    ``lid_rescore_confidence``; ``multilingual``: the dML adapter (None:
+    the ``multilingual_lora`` run's).
     """
     overrides = {
         "fusion": "oracle",
         "oracle_routing": routing,
         "lid_source": "decoder",
-        "shared_adapter": MULTILINGUAL,
+        "shared_adapter": multilingual or MULTILINGUAL,
         "shared_adapter_scale": shared_scale,
         "expert_scale": expert_scale,
     }
@@ -336,6 +338,13 @@ LEAD_SYSTEMS = {
     # (beside the language step, two encodings and decodings instead of one).
     "expert_soup_dev_rescored": _soup_system(
         *SOUP_DEV_SCALES, lid_scale=1.0, rescore=2
+    ),
+    # The dev soup made of the multilingual LoRA trained on 3x the budget
+    # (multilingual_lora_long): the soup against a baseline at its dev
+    # optimum, built from that baseline.
+    "expert_soup_dev_long": _soup_system(
+        *SOUP_DEV_SCALES,
+        multilingual="{run:multilingual_lora_long}/model/experts/multilingual",
     ),
     # The soup at the widened grid's dev choice, aware and rescored.
     "expert_soup_dev_wide": _soup_system(*SOUP_WIDE_SCALES),

@@ -207,6 +207,15 @@ def test_step_budget_gives_experts_more_epochs(tmp_path):
         ("expert", "plain", "de", 1),
         ("expert", "plain", "it", 1),
     }
+    # The dev soup of that longer baseline reads its adapter.
+    planned = quality.plan_runs(_args(tmp_path, systems="expert_soup_dev_long"))
+    long_soup = planned[("system", "expert_soup_dev_long", "aware", 1)]
+    long_key = ("system", "multilingual_lora_long", "aware", 1)
+    assert long_key in long_soup["deps"]
+    assert long_soup["overrides"]["shared_adapter"] == os.path.join(
+        planned[long_key]["out"], "model", "experts", "multilingual"
+    )
+    assert planned[long_key]["overrides"]["number_of_epochs"] == 18
     # Three times the budget: 18 epochs of the same 20 steps.
     long = _planned(tmp_path, "multilingual_lora_long")
     assert long["overrides"]["number_of_epochs"] == 18
