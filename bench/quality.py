@@ -411,10 +411,11 @@ SETTINGS = {
         threads=1,
     ),
     # 2-core CPU in the background: 6 languages (Cyrillic and Han among
-    # them), 1.6x the training data per language, the main systems,
-    # aware, one seed: about 2.3 h (--estimate) plus the corpus build. The
-    # multilingual LoRA gets one epoch (384 clips, 96 steps), each expert
-    # six over its 64 clips.
+    # them), 1.6x the training data per language, one seed, the baseline
+    # and the dev soup in both scenarios, the oracle, zero-shot and the
+    # 3x-budget check aware (results/quality_medium.md): about 2.6 h by
+    # --estimate, 1 h 50 min measured, plus a 2-minute corpus build. The multilingual LoRA gets one
+    # epoch (384 clips, 96 steps), each expert six over its 64 clips.
     "medium": dict(
         languages=["de", "es", "it", "ru", "fr", "zh"],
         corpus=dict(per_split=[64, 10, 60], seed=2, speakers=8),
@@ -424,8 +425,16 @@ SETTINGS = {
         window=10.0,
         lr=1e-3,
         seeds=[1],
-        systems=MAIN_SYSTEMS,
-        scenarios=["aware"],
+        systems=[
+            "multilingual_lora",
+            "multilingual_lora_long/aware",
+            "expert_oracle/aware",
+            "expert_soup_dev/aware",
+            "expert_soup_dev_long/aware",
+            "expert_soup_dev_rescored/agnostic",
+            "zero_shot/aware",
+        ],
+        scenarios=["aware", "agnostic"],
         device="cpu",
         precision=None,
         jobs=2,

@@ -404,13 +404,13 @@ def test_a_system_can_be_limited_to_one_scenario(tmp_path):
 
 
 def test_estimate_of_the_medium_setting(capsys):
-    # 6 experts, then 6 systems: the experts and the multilingual LoRA
-    # share the first wave, fusion, distillation, oracle and soup the
-    # second.
+    # 6 experts, then 8 systems: the multilingual LoRA in both scenarios
+    # and at 3x the budget aware, the oracle, three soups (aware, of the
+    # 3x LoRA, agnostic rescored) and zero-shot aware.
     estimate = quality.main(
         ["--setting=medium", "--whisper=whisper-base", "--estimate"]
     )
-    assert estimate["runs"] == 12
+    assert estimate["runs"] == 14
     assert estimate["cpu_seconds"] / 2 <= estimate["wall_seconds"]
     assert estimate["wall_seconds"] < estimate["cpu_seconds"]
     assert "plain/zh/1" in capsys.readouterr().out
