@@ -414,8 +414,9 @@ SETTINGS = {
     # them), 1.6x the training data per language, one seed, the baseline
     # and the dev soup in both scenarios, the oracle, zero-shot and the
     # 3x-budget check aware (results/quality_medium.md): about 2.6 h by
-    # --estimate, 1 h 50 min measured, plus a 2-minute corpus build. The multilingual LoRA gets one
-    # epoch (384 clips, 96 steps), each expert six over its 64 clips.
+    # --estimate, 1 h 50 min measured, plus a 2-minute corpus build. The
+    # multilingual LoRA gets one epoch (384 clips, 96 steps), each expert
+    # six over its 64 clips.
     "medium": dict(
         languages=["de", "es", "it", "ru", "fr", "zh"],
         corpus=dict(per_split=[64, 10, 60], seed=2, speakers=8),

@@ -215,7 +215,6 @@ def test_step_budget_gives_experts_more_epochs(tmp_path):
     assert long_soup["overrides"]["shared_adapter"] == os.path.join(
         planned[long_key]["out"], "model", "experts", "multilingual"
     )
-    assert planned[long_key]["overrides"]["number_of_epochs"] == 18
     # Three times the budget: 18 epochs of the same 20 steps.
     long = _planned(tmp_path, "multilingual_lora_long")
     assert long["overrides"]["number_of_epochs"] == 18
