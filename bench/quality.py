@@ -163,6 +163,7 @@ SYSTEMS = {
 SHARED = "{run:multilingual_lora/aware}/model/experts/multilingual"
 # The multilingual LoRA of the run's own scenario.
 MULTILINGUAL = "{run:multilingual_lora}/model/experts/multilingual"
+LONG = "{run:multilingual_lora_long}/model/experts/multilingual"
 LEAD_POOLS = {
     # Residual experts trained on top of the shared multilingual LoRA. Each
     # starts at zero, i.e. exactly at the shared model, and validates that
@@ -342,9 +343,9 @@ LEAD_SYSTEMS = {
     # The dev soup made of the multilingual LoRA trained on 3x the budget
     # (multilingual_lora_long): the soup against a baseline at its dev
     # optimum, built from that baseline.
-    "expert_soup_dev_long": _soup_system(
-        *SOUP_DEV_SCALES,
-        multilingual="{run:multilingual_lora_long}/model/experts/multilingual",
+    "expert_soup_dev_long": _soup_system(*SOUP_DEV_SCALES, multilingual=LONG),
+    "expert_soup_dev_long_rescored": _soup_system(
+        *SOUP_DEV_SCALES, lid_scale=1.0, rescore=2, multilingual=LONG
     ),
     # The soup at the widened grid's dev choice, aware and rescored.
     "expert_soup_dev_wide": _soup_system(*SOUP_WIDE_SCALES),

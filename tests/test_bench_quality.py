@@ -215,6 +215,12 @@ def test_step_budget_gives_experts_more_epochs(tmp_path):
     assert long_soup["overrides"]["shared_adapter"] == os.path.join(
         planned[long_key]["out"], "model", "experts", "multilingual"
     )
+    # ... and rescored as the agnostic dev soup is: only the adapter moves.
+    long_rescored = _planned(tmp_path, "expert_soup_dev_long_rescored")
+    rescored = _planned(tmp_path, "expert_soup_dev_rescored")
+    assert _added(long_rescored["overrides"], rescored["overrides"]) == {
+        "shared_adapter": long_soup["overrides"]["shared_adapter"]
+    }
     # Three times the budget: 18 epochs of the same 20 steps.
     long = _planned(tmp_path, "multilingual_lora_long")
     assert long["overrides"]["number_of_epochs"] == 18
