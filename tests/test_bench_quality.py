@@ -409,13 +409,13 @@ def test_a_system_can_be_limited_to_one_scenario(tmp_path):
 
 
 def test_estimate_of_the_medium_setting(capsys):
-    # 6 experts, then 8 systems: the multilingual LoRA in both scenarios
-    # and at 3x the budget aware, the oracle, three soups (aware, of the
-    # 3x LoRA, agnostic rescored) and zero-shot aware.
+    # 6 experts, then 10 systems: the multilingual LoRA at the budget and
+    # at 3x in both scenarios, the oracle, four soups (of each LoRA, aware
+    # and agnostic rescored) and zero-shot aware.
     estimate = quality.main(
         ["--setting=medium", "--whisper=whisper-base", "--estimate"]
     )
-    assert estimate["runs"] == 14
+    assert estimate["runs"] == 16
     assert estimate["cpu_seconds"] / 2 <= estimate["wall_seconds"]
     assert estimate["wall_seconds"] < estimate["cpu_seconds"]
     assert "plain/zh/1" in capsys.readouterr().out
