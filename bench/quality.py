@@ -163,7 +163,7 @@ SYSTEMS = {
 SHARED = "{run:multilingual_lora/aware}/model/experts/multilingual"
 # The multilingual LoRA of the run's own scenario.
 MULTILINGUAL = "{run:multilingual_lora}/model/experts/multilingual"
-LONG = "{run:multilingual_lora_long}/model/experts/multilingual"
+MULTILINGUAL_LONG = "{run:multilingual_lora_long}/model/experts/multilingual"
 LEAD_POOLS = {
     # Residual experts trained on top of the shared multilingual LoRA. Each
     # starts at zero, i.e. exactly at the shared model, and validates that
@@ -211,21 +211,21 @@ def _soup_system(
     lid_scale=None,
     rescore=1,
     confidence=None,
-    multilingual=None,
+    multilingual=MULTILINGUAL,
 ):
     """An expert soup: ``W + shared_scale * dML + expert_scale * dE``.
 
     ``lid_scale``: the multilingual LoRA's weight in the agnostic language
     step that routes (None: ``shared_scale``, the soup's own base);
     ``rescore``: ``lid_rescore_top_k``; ``confidence``:
-    ``lid_rescore_confidence``; ``multilingual``: the dML adapter (None:
+    ``lid_rescore_confidence``; ``multilingual``: the dML adapter (default:
     the ``multilingual_lora`` run's).
     """
     overrides = {
         "fusion": "oracle",
         "oracle_routing": routing,
         "lid_source": "decoder",
-        "shared_adapter": multilingual or MULTILINGUAL,
+        "shared_adapter": multilingual,
         "shared_adapter_scale": shared_scale,
         "expert_scale": expert_scale,
     }
@@ -340,18 +340,6 @@ LEAD_SYSTEMS = {
     "expert_soup_dev_rescored": _soup_system(
         *SOUP_DEV_SCALES, lid_scale=1.0, rescore=2
     ),
-    # The dev soup made of the multilingual LoRA trained on 3x the budget
-    # (multilingual_lora_long): the soup against a baseline at its dev
-    # optimum, built from that baseline.
-    "expert_soup_dev_long": _soup_system(*SOUP_DEV_SCALES, multilingual=LONG),
-    "expert_soup_dev_long_rescored": _soup_system(
-        *SOUP_DEV_SCALES, lid_scale=1.0, rescore=2, multilingual=LONG
-    ),
-    # The soup at the widened grid's dev choice, aware and rescored.
-    "expert_soup_dev_wide": _soup_system(*SOUP_WIDE_SCALES),
-    "expert_soup_dev_wide_rescored": _soup_system(
-        *SOUP_WIDE_SCALES, lid_scale=1.0, rescore=2
-    ),
     # ... only where the language step gives its first language < 0.9
     # (resp. 0.99; the rest keep it and decode once): what the rescoring
     # costs.
@@ -366,6 +354,23 @@ LEAD_SYSTEMS = {
         lid_scale=1.0,
         rescore=2,
         confidence=0.99,
+    ),
+    # The dev soup made of the multilingual LoRA trained on 3x the budget
+    # (multilingual_lora_long): the soup against a baseline at its dev
+    # optimum, built from that baseline.
+    "expert_soup_dev_long": _soup_system(
+        *SOUP_DEV_SCALES, multilingual=MULTILINGUAL_LONG
+    ),
+    "expert_soup_dev_long_rescored": _soup_system(
+        *SOUP_DEV_SCALES,
+        lid_scale=1.0,
+        rescore=2,
+        multilingual=MULTILINGUAL_LONG,
+    ),
+    # The soup at the widened grid's dev choice, aware and rescored.
+    "expert_soup_dev_wide": _soup_system(*SOUP_WIDE_SCALES),
+    "expert_soup_dev_wide_rescored": _soup_system(
+        *SOUP_WIDE_SCALES, lid_scale=1.0, rescore=2
     ),
     # The baseline decoded the same way: the agnostic multilingual LoRA
     # (loaded as a distillation student, not trained further) with its two
@@ -646,7 +651,7 @@ def asked_runs(args):
     >>> asked_runs(args)
     [('fusion_gate', 'aware'), ('zero_shot', 'aware'), ('zero_shot', 'agnostic')]
     """
-    limited = getattr(args, "system_scenarios", {})
+    limited = args.system_scenarios
     return [
         (system, scenario)
         for system in args.systems
@@ -666,6 +671,7 @@ def plan_runs(args):
         ({SYSTEMS[s].get("pool") for s in args.systems} - {None})
         | set(args.pools)
     )
+    asked = asked_runs(args)
     tasks = {}
     for seed in args.seeds:
         root = os.path.join(args.work, f"seed{seed}")
@@ -680,7 +686,7 @@ def plan_runs(args):
                 )
         # run key (as in folders) -> task key
         task_of = {}
-        for system, scenario in asked_runs(args):
+        for system, scenario in asked:
             task_of[("run", system, scenario)] = (
                 "system",
                 system,
@@ -717,7 +723,7 @@ def plan_runs(args):
             return values, epochs
 
         pending = [(("pool", p), p) for p in pools]
-        pending += [(("run", s, c), (s, c)) for s, c in asked_runs(args)]
+        pending += [(("run", s, c), (s, c)) for s, c in asked]
         while pending:
             ref, what = pending.pop(0)
             if ref[0] == "pool":

@@ -197,6 +197,9 @@ def score(runs, reference, n_resamples=1000):
     [('p', 31.25, 37.5), ('ref', 50.0, 0.0)]
     >>> rows[0]["by_language"]
     {'de': 31.25}
+    >>> two = {"de": {"a": (1, 4, ("s",))}, "it": {"b": (3, 4, ("t",))}}
+    >>> score({"x": {1: two}}, "x", n_resamples=10)[0]["by_language"]
+    {'de': 25.0, 'it': 75.0}
     """
     seeds = sorted(set().union(*(set(r) for r in runs.values())))
     complete = {
